@@ -1,0 +1,180 @@
+"""``slurm-k8s-bridge``: the command-line front door.
+
+    slurm-k8s-bridge plugins install [--plugin-dir DIR] [--slurm-include DIR] [--config PATH]
+    slurm-k8s-bridge translate [--config FILE] [--job-id N] SCRIPT [SBATCH-OPTIONS...]
+    slurm-k8s-bridge manifests [--config FILE] JOBID      (from a submitted job's stamp)
+    slurm-k8s-bridge config check [FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_CONFIG = "/etc/slurm/k8s-bridge.yaml"
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("SLURM_K8S_BRIDGE_CONFIG") or DEFAULT_CONFIG
+
+
+def _load_config_or_exit(path: str):  # type: ignore[no-untyped-def]
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"slurm-k8s-bridge: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _print_manifests(objects: list[dict]) -> None:  # type: ignore[type-arg]
+    import yaml
+
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
+
+
+# -- plugins -----------------------------------------------------------------------------
+def cmd_plugins_install(args: argparse.Namespace) -> int:
+    from .plugin_build import PluginBuildError, build_plugins, local_plugin_dir
+
+    plugin_dir = Path(args.plugin_dir) if args.plugin_dir else local_plugin_dir()
+    try:
+        built = build_plugins(plugin_dir, slurm_include=args.slurm_include,
+                              default_config=args.config or DEFAULT_CONFIG)
+    except PluginBuildError as exc:
+        print(f"slurm-k8s-bridge: error: {exc}", file=sys.stderr)
+        return 1
+    for path in built:
+        print(f"installed {path}")
+    print("enable with:  JobSubmitPlugins=k8s  (slurm.conf)\n"
+          f"              required {plugin_dir / 'spank_k8s.so'} "
+          f"config={args.config or DEFAULT_CONFIG}  (plugstack.conf)")
+    return 0
+
+
+# -- translate ---------------------------------------------------------------------------
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .errors import BridgeRefusal
+    from .sbatch_options import request_from_sbatch
+    from .translate import normalize, render_all
+
+    config = _load_config_or_exit(_config_path(args.config))
+    try:
+        script = Path(args.script).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        print(f"sbatch: error: Unable to open file {args.script}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    uid = args.uid if args.uid is not None else os.getuid()
+    gid = args.gid if args.gid is not None else os.getgid()
+    try:
+        request = request_from_sbatch(script, args.options, uid, gid)
+        bridged = normalize(request, config)
+    except BridgeRefusal as refusal:
+        print(f"sbatch: error: {refusal.user_message()}", file=sys.stderr)
+        return 1
+    if bridged is None:
+        print(f"slurm-k8s-bridge: partition {request.partition or config.default_partition} "
+              "is not bridged; sbatch would pass this job to Slurm unchanged", file=sys.stderr)
+        return 0
+    _print_manifests(render_all(bridged, config, args.job_id))
+    return 0
+
+
+# -- manifests from a submitted job --------------------------------------------------------
+def read_job_stamp(job_id: int) -> str | None:
+    """The bridge stamp of a Slurm job (its AdminComment), via scontrol."""
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or f"scontrol failed for job {job_id}")
+    match = re.search(r"(?:^|\s)AdminComment=(k8sb1:\S+)", proc.stdout)
+    return match.group(1) if match else None
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from .slurm_request import SlurmJobRequest
+    from .translate import normalize, render_all
+    from .errors import BridgeRefusal
+
+    config = _load_config_or_exit(_config_path(args.config))
+    try:
+        stamp = read_job_stamp(args.job_id)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"slurm-k8s-bridge: error: {exc}", file=sys.stderr)
+        return 1
+    if stamp is None:
+        print(f"slurm-k8s-bridge: error: job {args.job_id} is not a bridged job",
+              file=sys.stderr)
+        return 1
+    request = SlurmJobRequest.from_stamp(stamp)
+    try:
+        bridged = normalize(request, config)
+    except BridgeRefusal as refusal:
+        print(f"slurm-k8s-bridge: error: {refusal.user_message()}", file=sys.stderr)
+        return 1
+    assert bridged is not None
+    _print_manifests(render_all(bridged, config, args.job_id))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.file)
+    config = _load_config_or_exit(path)
+    print(f"{path}: OK ({len(config.shapes)} node shapes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slurm-k8s-bridge",
+        description="Run unchanged Slurm jobs as Kubernetes Jobs on shared GPU nodes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugins = sub.add_parser("plugins", help="build and install the Slurm plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", required=True)
+    install = psub.add_parser("install", help="compile job_submit_k8s.so and spank_k8s.so")
+    install.add_argument("--plugin-dir", help="where to install (default: the local "
+                         "Slurm's PluginDir)")
+    install.add_argument("--slurm-include", help="directory holding slurm/slurm.h "
+                         "(default /usr/include)")
+    install.add_argument("--config", help=f"configuration path compiled in as the default "
+                         f"(default {DEFAULT_CONFIG})")
+    install.set_defaults(func=cmd_plugins_install)
+
+    tr = sub.add_parser("translate", help="print the Kubernetes objects for a batch script")
+    tr.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
+    tr.add_argument("--job-id", type=int, default=0, help="Slurm job id to name objects by")
+    tr.add_argument("--uid", type=int, help="submitting uid (default: yours)")
+    tr.add_argument("--gid", type=int, help="submitting gid (default: yours)")
+    tr.add_argument("script", help="batch script, as given to sbatch")
+    tr.add_argument("options", nargs=argparse.REMAINDER, help="sbatch options")
+    tr.set_defaults(func=cmd_translate)
+
+    mf = sub.add_parser("manifests", help="print the Kubernetes objects of a submitted job")
+    mf.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
+    mf.add_argument("job_id", type=int)
+    mf.set_defaults(func=cmd_manifests)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a configuration file")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

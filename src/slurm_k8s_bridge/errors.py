@@ -1,0 +1,37 @@
+"""Errors that reach users.
+
+A ``BridgeRefusal`` is a request the bridge will not run; its ``message`` is shown to the
+user verbatim (``sbatch: error: <message>``) and ``code`` names the ``ESLURM_*`` error the
+plugin returns to slurmctld. A ``ConfigError`` is a bad configuration file; its message
+names the offending key.
+"""
+
+from __future__ import annotations
+
+MESSAGE_PREFIX = "k8s-bridge: "
+
+
+class BridgeRefusal(Exception):
+    """A job request the bridge refuses, with the message the user sees."""
+
+    def __init__(self, message: str, code: str = "ESLURM_INVALID_GRES") -> None:
+        if not code.startswith("ESLURM_"):
+            raise ValueError(f"not an ESLURM code name: {code}")
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    def user_message(self) -> str:
+        """The one line sbatch prints after ``sbatch: error: ``."""
+        return MESSAGE_PREFIX + self.message
+
+
+class ConfigError(Exception):
+    """A configuration file that does not validate; every message names its key."""
+
+    def __init__(self, key: str, problem: str, source: str | None = None) -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {problem}")
+        self.key = key
+        self.problem = problem
+        self.source = source

@@ -1,0 +1,253 @@
+"""The Python half of job_submit/k8s, running inside slurmctld.
+
+Marshalling only: read ``job_desc_msg_t`` into a ``SlurmJobRequest``, ask the translation
+core (``translate.normalize``) whether the job is bridged and valid, then either pass it
+through untouched, refuse it with the user's message, or accept it held (priority 0) with
+the request stamped into its AdminComment. No network I/O happens here: slurmctld calls
+this under its locks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from typing import Any
+
+from .config import BridgeConfig, load_config
+from .errors import BridgeRefusal, ConfigError
+from .slurm_request import SlurmJobRequest, is_stamp, spank_options_from_env
+from .translate import normalize
+
+PING_MAGIC = 0x6b38
+
+
+class ConfigHolder:
+    """The bridge configuration, reloaded when the file changes; the last good one is kept."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.config: BridgeConfig | None = None
+        self.error: str | None = None
+        self._seen: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> BridgeConfig:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                key = None
+            if key != self._seen or (self.config is None and key is None):
+                self._seen = key
+                try:
+                    self.config = load_config(self.path)
+                    self.error = None
+                except ConfigError as exc:
+                    self.error = str(exc)
+                except OSError as exc:
+                    self.error = f"{self.path}: {exc.strerror}"
+            if self.config is None:
+                raise BridgeRefusal(
+                    f"the bridge configuration is unusable ({self.error}); "
+                    "ask your administrator", "ESLURM_NOT_SUPPORTED")
+            return self.config
+
+
+def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
+    """Copy the fields the bridge uses out of a ``job_desc_msg_t``."""
+
+    def text(ptr: Any) -> str | None:
+        return None if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "replace")
+
+    def u32(value: int) -> int | None:
+        return None if value == lib.NO_VAL else int(value)
+
+    def u16(value: int) -> int | None:
+        return None if value in (lib.NO_VAL16, lib.INFINITE16) else int(value)
+
+    memory: int | None = None
+    per_cpu = False
+    raw_mem = int(jd.pn_min_memory)
+    if raw_mem not in (lib.NO_VAL64, lib.INFINITE64):
+        per_cpu = bool(raw_mem & lib.MEM_PER_CPU)
+        memory = raw_mem & ~lib.MEM_PER_CPU
+
+    time_limit: int | None
+    if jd.time_limit == lib.INFINITE:
+        time_limit = -1
+    else:
+        time_limit = u32(jd.time_limit)
+
+    env: list[str] = []
+    if jd.spank_job_env != ffi.NULL:
+        for i in range(int(jd.spank_job_env_size)):
+            entry = jd.spank_job_env[i]
+            if entry != ffi.NULL:
+                env.append(ffi.string(entry).decode("utf-8", "replace"))
+
+    return SlurmJobRequest(
+        partition=text(jd.partition),
+        min_nodes=u32(jd.min_nodes),
+        max_nodes=u32(jd.max_nodes),
+        num_tasks=u32(jd.num_tasks),
+        ntasks_per_node=u16(jd.ntasks_per_node),
+        cpus_per_task=u16(jd.cpus_per_task),
+        pn_min_memory=memory,
+        mem_per_cpu=per_cpu,
+        tres_per_node=text(jd.tres_per_node),
+        tres_per_job=text(jd.tres_per_job),
+        tres_per_task=text(jd.tres_per_task),
+        tres_per_socket=text(jd.tres_per_socket),
+        cpus_per_tres=text(jd.cpus_per_tres),
+        mem_per_tres=text(jd.mem_per_tres),
+        features=text(jd.features),
+        time_limit=time_limit,
+        shared=u16(jd.shared),
+        account=text(jd.account),
+        qos=text(jd.qos),
+        name=text(jd.name),
+        array_inx=text(jd.array_inx),
+        user_id=u32(jd.user_id),
+        group_id=u32(jd.group_id),
+        spank_options=spank_options_from_env(env),
+        het_job_offset=u32(jd.het_job_offset),
+        work_dir=text(jd.work_dir),
+        submit_line=text(jd.submit_line),
+    )
+
+
+#: Fields an update may change; identity and submission context never change.
+_MODIFIABLE = (
+    "partition", "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "cpus_per_task",
+    "pn_min_memory", "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket",
+    "cpus_per_tres", "mem_per_tres", "features", "time_limit", "shared", "account", "qos",
+    "name", "array_inx",
+)
+
+
+def merge_update(current: SlurmJobRequest, update: SlurmJobRequest) -> SlurmJobRequest:
+    """Apply the fields an ``scontrol update`` sets (everything else is NO_VAL/NULL)."""
+    changes: dict[str, Any] = {}
+    for name in _MODIFIABLE:
+        value = getattr(update, name)
+        if value is not None:
+            changes[name] = value
+    if update.pn_min_memory is not None:
+        changes["mem_per_cpu"] = update.mem_per_cpu
+    return current.replace(**changes) if changes else current
+
+
+class JobSubmitPlugin:
+    """What slurmctld's job_submit and job_modify calls do, given the cffi ffi/lib."""
+
+    def __init__(self, ffi: Any, lib: Any) -> None:
+        self.ffi = ffi
+        self.lib = lib
+        self.holder: ConfigHolder | None = None
+
+    # -- logging through slurmctld's logger ----------------------------------------------
+    def info(self, message: str) -> None:
+        self.lib.slurm_info(b"job_submit/k8s: %s", self.ffi.new("char[]", message.encode()))
+
+    def error(self, message: str) -> None:
+        self.lib.slurm_error(b"job_submit/k8s: %s", self.ffi.new("char[]", message.encode()))
+
+    def log_exception(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc_value, tb))
+        for line in text.rstrip().splitlines():
+            self.error(line)
+
+    # -- entry points ----------------------------------------------------------------------
+    def init(self, config_path: str) -> None:
+        self.holder = ConfigHolder(config_path)
+        try:
+            config = self.holder.current()
+            self.info(f"configuration {config_path} loaded "
+                      f"({len(config.shapes)} node shapes)")
+        except BridgeRefusal:
+            self.error(f"configuration not usable yet: {self.holder.error}; "
+                       "jobs are refused until it is fixed")
+
+    def _refuse(self, err_msg: Any, refusal: BridgeRefusal) -> int:
+        if err_msg != self.ffi.NULL:
+            err_msg[0] = self.lib.slurm_xstrdup(refusal.user_message().encode())
+        return int(getattr(self.lib, refusal.code))
+
+    def _config(self) -> BridgeConfig:
+        assert self.holder is not None, "init() not called"
+        return self.holder.current()
+
+    def submit(self, jd: Any, submit_uid: int, err_msg: Any) -> int:
+        try:
+            request = request_from_job_desc(self.ffi, self.lib, jd)
+            bridged = normalize(request, self._config())
+        except BridgeRefusal as refusal:
+            self.info(f"uid {submit_uid}: refused: {refusal.message}")
+            return self._refuse(err_msg, refusal)
+        if bridged is None:
+            return 0  # not a bridged partition: untouched
+        self._set_admin_comment(jd, request.stamp())
+        jd.priority = 0  # held until the bridge has the job's pods ready
+        self.info(f"uid {submit_uid}: accepted for Kubernetes, held: partition "
+                  f"{bridged.partition}, {bridged.nodes} pod(s)")
+        return 0
+
+    def modify(self, jd: Any, stamp: str | None, uid: int, err_msg: Any,
+               new_stamp: Any) -> int:
+        update = request_from_job_desc(self.ffi, self.lib, jd)
+        try:
+            config = self._config()
+            if not is_stamp(stamp):
+                if update.partition and any(
+                        config.rule_for(p).bridged for p in update.partition.split(",")):
+                    raise BridgeRefusal(
+                        f"moving a job into bridged partition {update.partition} is not "
+                        "supported; submit it there", "ESLURM_INVALID_PARTITION_NAME")
+                return 0
+            assert stamp is not None
+            current = SlurmJobRequest.from_stamp(stamp)
+            merged = merge_update(current, update)
+            if merged == current:
+                return 0
+            if normalize(merged, config) is None:
+                raise BridgeRefusal(
+                    f"moving a bridged job to partition {merged.partition}, which is not "
+                    "bridged, is not supported; cancel and resubmit",
+                    "ESLURM_INVALID_PARTITION_NAME")
+        except BridgeRefusal as refusal:
+            self.info(f"uid {uid}: update refused: {refusal.message}")
+            return self._refuse(err_msg, refusal)
+        new_stamp[0] = self.lib.slurm_xstrdup(merged.stamp().encode())
+        self.info(f"uid {uid}: update accepted, request re-validated")
+        return 0
+
+    def _set_admin_comment(self, jd: Any, text: str) -> None:
+        if jd.admin_comment != self.ffi.NULL:
+            holder = self.ffi.new("char **", jd.admin_comment)
+            self.lib.slurm_xfree(self.ffi.cast("void **", holder))
+        jd.admin_comment = self.lib.slurm_xstrdup(text.encode())
+
+
+def bind(ffi: Any, lib: Any) -> None:
+    """Attach the Python implementations of the plugin's embedding API."""
+    plugin = JobSubmitPlugin(ffi, lib)
+
+    @ffi.def_extern()  # type: ignore[misc]
+    def k8sb_js_ping() -> int:
+        return PING_MAGIC
+
+    @ffi.def_extern(error=-1, onerror=plugin.log_exception)  # type: ignore[misc]
+    def k8sb_js_init(config_path: Any, errbuf: Any, errlen: int) -> int:
+        plugin.init(ffi.string(config_path).decode())
+        return 0
+
+    @ffi.def_extern(error=-1, onerror=plugin.log_exception)  # type: ignore[misc]
+    def k8sb_js_submit(jd: Any, submit_uid: int, err_msg: Any) -> int:
+        return plugin.submit(jd, submit_uid, err_msg)
+
+    @ffi.def_extern(error=-1, onerror=plugin.log_exception)  # type: ignore[misc]
+    def k8sb_js_modify(jd: Any, stamp: Any, uid: int, err_msg: Any, new_stamp: Any) -> int:
+        text = None if stamp == ffi.NULL else ffi.string(stamp).decode("utf-8", "replace")
+        return plugin.modify(jd, text, uid, err_msg, new_stamp)

@@ -1,0 +1,145 @@
+"""The Slurm side of a request, exactly as slurmctld hands it to a job_submit plugin.
+
+``SlurmJobRequest`` carries the fields of ``job_desc_msg_t`` the bridge reads, in Slurm's
+own encoding (``tres_per_node="gres:gpu:h100:8"``, memory in MB with a per-CPU flag, time
+in minutes). Two producers fill it: the job_submit plugin (from the real ``job_desc``) and
+``slurm-k8s-bridge translate`` (from a batch script and sbatch options, parsed as sbatch
+does). Everything downstream -- validation, normalisation, Kubernetes objects -- starts from
+this one type, so both paths give the same answer for the same request.
+
+The request also travels with the job: the plugin stores it, compressed, in the job's
+AdminComment (``stamp``), which slurmctld keeps across restarts and users cannot change.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import BridgeRefusal
+
+STAMP_PREFIX = "k8sb1:"
+#: Prefix of SPANK option variables in ``job_desc->spank_job_env``.
+SPANK_ENV_PREFIX = "_SLURM_SPANK_OPTION_"
+#: The SPANK plugin's name (``SPANK_PLUGIN(k8s_bridge, 1)``): option ``--k8s-image`` arrives
+#: as ``_SLURM_SPANK_OPTION_k8s_bridge_k8s_image=<value>``.
+SPANK_PLUGIN_NAME = "k8s_bridge"
+#: Time limit meaning "no limit" (Slurm's INFINITE), kept as -1 here.
+UNLIMITED = -1
+
+
+@dataclass(frozen=True)
+class SlurmJobRequest:
+    """Fields of ``job_desc_msg_t`` the bridge uses; ``None`` means "not given"."""
+
+    partition: str | None = None
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    num_tasks: int | None = None
+    ntasks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    #: ``--mem`` (per node) or ``--mem-per-cpu`` in MB; which one is ``mem_per_cpu``.
+    pn_min_memory: int | None = None
+    mem_per_cpu: bool = False
+    tres_per_node: str | None = None
+    tres_per_job: str | None = None
+    tres_per_task: str | None = None
+    tres_per_socket: str | None = None
+    cpus_per_tres: str | None = None
+    mem_per_tres: str | None = None
+    features: str | None = None
+    #: minutes; ``UNLIMITED`` (-1) for INFINITE
+    time_limit: int | None = None
+    #: job_desc->shared: 0 = ``--exclusive``, 1 = ``--oversubscribe``, 2 = ``--exclusive=user``,
+    #: 3 = ``--exclusive=mcs``
+    shared: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    name: str | None = None
+    array_inx: str | None = None
+    user_id: int | None = None
+    group_id: int | None = None
+    #: SPANK options by option name without dashes, e.g. ``{"k8s-image": "repo/img:tag"}``;
+    #: a flag without argument has value ``""``.
+    spank_options: Mapping[str, str] = field(default_factory=dict)
+    #: set for a component of a heterogeneous job
+    het_job_offset: int | None = None
+    work_dir: str | None = None
+    submit_line: str | None = None
+
+    # -- serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "spank_options":
+                if value:
+                    out[f.name] = dict(value)
+                continue
+            if value is None or (f.name == "mem_per_cpu" and value is False):
+                continue
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SlurmJobRequest":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown request fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        values["spank_options"] = dict(values.get("spank_options") or {})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "SlurmJobRequest":
+        return dataclasses.replace(self, **changes)
+
+    def stamp(self) -> str:
+        """Compact, space-free text for the job's AdminComment."""
+        raw = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        return STAMP_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+    @classmethod
+    def from_stamp(cls, text: str) -> "SlurmJobRequest":
+        if not is_stamp(text):
+            raise ValueError("not a slurm-k8s-bridge stamp")
+        body = text[len(STAMP_PREFIX):].strip()
+        body += "=" * (-len(body) % 4)
+        return cls.from_dict(json.loads(zlib.decompress(base64.urlsafe_b64decode(body))))
+
+
+def is_stamp(text: str | None) -> bool:
+    return bool(text) and text.startswith(STAMP_PREFIX)  # type: ignore[union-attr]
+
+
+def spank_options_from_env(entries: list[str]) -> dict[str, str]:
+    """Pick this project's SPANK options out of ``spank_job_env`` entries.
+
+    ``_SLURM_SPANK_OPTION_k8s_bridge_k8s_image=repo/img`` becomes ``{"k8s-image": "repo/img"}``;
+    Slurm encodes a flag without argument as ``(null)``, kept here as ``""``.
+    """
+    prefix = f"{SPANK_ENV_PREFIX}{SPANK_PLUGIN_NAME}_"
+    out: dict[str, str] = {}
+    for entry in entries:
+        if not entry.startswith(prefix) or "=" not in entry:
+            continue
+        key, value = entry[len(prefix):].split("=", 1)
+        out[key.replace("_", "-")] = "" if value == "(null)" else value
+    return out
+
+
+def require_int(value: str, option: str, minimum: int = 0) -> int:
+    """Parse an integer option value or refuse it naming the option."""
+    try:
+        number = int(value, 10)
+    except (TypeError, ValueError):
+        raise BridgeRefusal(f"invalid value for {option}: {value!r} is not a number",
+                            "ESLURM_NOT_SUPPORTED") from None
+    if number < minimum:
+        raise BridgeRefusal(f"invalid value for {option}: {number} (must be >= {minimum})",
+                            "ESLURM_NOT_SUPPORTED")
+    return number
