@@ -8,7 +8,7 @@
  *
  * Inside a bridged pod (slurmstepd, remote context, SLURM_K8S_JOB_ID in slurmd's
  * environment) it loads spank_k8s_py.so, the embedded-Python half, and applies the task
- * environment the bridge configuration asks for.
+ * environment the bridge configuration asks for -- as root, before the tasks are forked.
  *
  * plugstack.conf:  required spank_k8s.so [config=/etc/slurm/k8s-bridge.yaml]
  */
@@ -166,8 +166,9 @@ static task_env_fn load_python_half(void)
 	return fn;
 }
 
-/* Runs in slurmstepd as root, before privileges are dropped, once per step. */
-int slurm_spank_user_init(spank_t sp, int ac, char **av)
+/* Runs in slurmstepd as root (user_init would run as the job owner, who may not be able
+ * to read the bridge's Python installation), once per step, before tasks are forked. */
+int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
 	uint32_t job_id = 0;
 	uid_t uid = 0;

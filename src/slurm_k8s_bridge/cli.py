@@ -3,6 +3,7 @@
     slurm-k8s-bridge plugins install [--plugin-dir DIR] [--slurm-include DIR] [--config PATH]
     slurm-k8s-bridge translate [--config FILE] [--job-id N] SCRIPT [SBATCH-OPTIONS...]
     slurm-k8s-bridge manifests [--config FILE] JOBID      (from a submitted job's stamp)
+    slurm-k8s-bridge slurm-conf [--config FILE] [--nodes-per-shape N]
     slurm-k8s-bridge config check [FILE]
 """
 
@@ -67,7 +68,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     config = _load_config_or_exit(_config_path(args.config))
     try:
-        script = Path(args.script).read_text(encoding="utf-8", errors="replace")
+        with open(args.script, encoding="utf-8", errors="replace", newline="") as fh:
+            script = fh.read()  # keep \r\n: sbatch refuses DOS line breaks
     except OSError as exc:
         print(f"sbatch: error: Unable to open file {args.script}: {exc.strerror}",
               file=sys.stderr)
@@ -75,7 +77,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     uid = args.uid if args.uid is not None else os.getuid()
     gid = args.gid if args.gid is not None else os.getgid()
     try:
-        request = request_from_sbatch(script, args.options, uid, gid)
+        request = request_from_sbatch(script, args.options, uid, gid,
+                                      script_name=os.path.basename(args.script))
         bridged = normalize(request, config)
     except BridgeRefusal as refusal:
         print(f"sbatch: error: {refusal.user_message()}", file=sys.stderr)
@@ -125,6 +128,14 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slurm_conf(args: argparse.Namespace) -> int:
+    from .slurmconf import render_conf_snippet
+
+    config = _load_config_or_exit(_config_path(args.config))
+    sys.stdout.write(render_conf_snippet(config, args.nodes_per_shape))
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = _config_path(args.file)
     config = _load_config_or_exit(path)
@@ -151,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="print the Kubernetes objects for a batch script")
     tr.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
-    tr.add_argument("--job-id", type=int, default=0, help="Slurm job id to name objects by")
+    tr.add_argument("--job-id", type=int, default=1,
+                    help="Slurm job id to name the objects by (default 1; sbatch assigns the real one)")
     tr.add_argument("--uid", type=int, help="submitting uid (default: yours)")
     tr.add_argument("--gid", type=int, help="submitting gid (default: yours)")
     tr.add_argument("script", help="batch script, as given to sbatch")
@@ -162,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
     mf.add_argument("job_id", type=int)
     mf.set_defaults(func=cmd_manifests)
+
+    sc = sub.add_parser("slurm-conf", help="print the slurm.conf/gres.conf/plugstack.conf "
+                        "lines a bridged partition needs")
+    sc.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
+    sc.add_argument("--nodes-per-shape", type=int, default=16,
+                    help="inventory nodes per shape: the largest -N a job may ask (default 16)")
+    sc.set_defaults(func=cmd_slurm_conf)
 
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True)

@@ -141,6 +141,7 @@ def _job_desc_cdef(headers: SlurmHeaders) -> str:
         "char *tres_per_node;", "char *tres_per_socket;", "char *tres_per_task;",
         "uint32_t user_id;", "char *work_dir;", "uint16_t cpus_per_task;",
         "uint32_t min_nodes;", "uint32_t max_nodes;", "uint16_t ntasks_per_node;",
+        "uint16_t ntasks_per_tres;",
         "uint64_t pn_min_memory;",
     ]
     if headers.version < (25, 11, 0):

@@ -100,6 +100,7 @@ def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
         tres_per_job=text(jd.tres_per_job),
         tres_per_task=text(jd.tres_per_task),
         tres_per_socket=text(jd.tres_per_socket),
+        ntasks_per_tres=u16(jd.ntasks_per_tres),
         cpus_per_tres=text(jd.cpus_per_tres),
         mem_per_tres=text(jd.mem_per_tres),
         features=text(jd.features),
@@ -122,6 +123,7 @@ def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
 _MODIFIABLE = (
     "partition", "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "cpus_per_task",
     "pn_min_memory", "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket",
+    "ntasks_per_tres",
     "cpus_per_tres", "mem_per_tres", "features", "time_limit", "shared", "account", "qos",
     "name", "array_inx",
 )
@@ -146,6 +148,7 @@ class JobSubmitPlugin:
         self.ffi = ffi
         self.lib = lib
         self.holder: ConfigHolder | None = None
+        self.operator_uids = {0, os.getuid()}
 
     # -- logging through slurmctld's logger ----------------------------------------------
     def info(self, message: str) -> None:
@@ -207,6 +210,7 @@ class JobSubmitPlugin:
                         "supported; submit it there", "ESLURM_INVALID_PARTITION_NAME")
                 return 0
             assert stamp is not None
+            self._check_release(jd, uid)
             current = SlurmJobRequest.from_stamp(stamp)
             merged = merge_update(current, update)
             if merged == current:
@@ -222,6 +226,19 @@ class JobSubmitPlugin:
         new_stamp[0] = self.lib.slurm_xstrdup(merged.stamp().encode())
         self.info(f"uid {uid}: update accepted, request re-validated")
         return 0
+
+    def _check_release(self, jd: Any, uid: int) -> None:
+        """Only the bridge may release (or reprioritise) a bridged job.
+
+        job_submit holds the job with priority 0, which Slurm records as a user hold; left
+        alone, the owner could ``scontrol release`` it onto the inventory nodes before its
+        pods exist. The bridge runs as root or SlurmUser (slurmctld's own uid).
+        """
+        if jd.priority in (self.lib.NO_VAL, 0) or uid in self.operator_uids:
+            return
+        raise BridgeRefusal("this job is held until its Kubernetes pods are ready; "
+                            "slurm-k8s-bridge releases it, not scontrol release",
+                            "ESLURM_ACCESS_DENIED")
 
     def _set_admin_comment(self, jd: Any, text: str) -> None:
         if jd.admin_comment != self.ffi.NULL:

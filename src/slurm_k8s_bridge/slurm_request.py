@@ -49,6 +49,8 @@ class SlurmJobRequest:
     tres_per_job: str | None = None
     tres_per_task: str | None = None
     tres_per_socket: str | None = None
+    #: ``--ntasks-per-gpu`` (not supported by the bridge yet; carried so it is refused)
+    ntasks_per_tres: int | None = None
     cpus_per_tres: str | None = None
     mem_per_tres: str | None = None
     features: str | None = None

@@ -1,0 +1,95 @@
+"""slurm.conf and gres.conf lines that let slurmctld accept what the Kubernetes shapes can run.
+
+slurmctld checks every job against the nodes of its partition *after* job_submit. A bridged
+partition therefore needs node definitions at least as large as the Kubernetes GPU node
+shapes: one group of CLOUD "inventory" nodes per shape, carrying the shape's CPUs, memory,
+features and GPUs (plain, typed, and every MIG profile as its own gres type). They are
+never allocated: every bridged job is held by job_submit/k8s and, when its pods are up,
+pinned to the pods' own dynamic nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import BridgeConfig, NodeShape
+
+
+#: Power saving keeps the inventory nodes powered down (``idle~`` in sinfo): slurmctld never
+#: contacts or allocates them. ``SuspendExcParts`` must list the partitions of real nodes.
+def power_save_lines(resume_program: str, real_partitions: list[str]) -> list[str]:
+    return ["SuspendProgram=/bin/true",
+            f"ResumeProgram={resume_program}",
+            "SuspendTime=3600",
+            "SuspendTimeout=30",
+            "ResumeTimeout=60",
+            *([f"SuspendExcParts={','.join(real_partitions)}"] if real_partitions else [])]
+
+
+@dataclass(frozen=True)
+class InventoryLines:
+    node_lines: list[str]
+    gres_lines: list[str]
+    node_names: dict[str, str]  # shape -> hostlist expression
+
+    def partition_nodes(self, shapes: list[str] | None = None) -> str:
+        """The ``Nodes=`` value for a bridged partition serving ``shapes`` (default all)."""
+        names = [self.node_names[s] for s in (shapes or list(self.node_names))]
+        return ",".join(names)
+
+
+def shape_gres(shape: NodeShape) -> str:
+    """Slurm ``Gres=`` of a shape: typed GPUs plus each MIG profile as a gres type."""
+    parts = [f"gpu:{shape.gres_type}:{shape.gpus}"] if shape.gpus else []
+    for profile, per_gpu in sorted(shape.mig.items()):
+        parts.append(f"gpu:{profile}:{per_gpu * shape.gpus}")
+    return ",".join(parts)
+
+
+def inventory_lines(config: BridgeConfig, nodes_per_shape: int = 16,
+                    prefix: str | None = None) -> InventoryLines:
+    """Node and gres definitions for every shape in ``config``."""
+    if nodes_per_shape < 1:
+        raise ValueError("nodes_per_shape must be at least 1")
+    base = prefix or f"{config.cluster_name}-inv"
+    node_lines: list[str] = []
+    gres_lines: list[str] = []
+    names: dict[str, str] = {}
+    for name, shape in config.shapes.items():
+        hostlist = f"{base}-{name}-[0-{nodes_per_shape - 1}]" if nodes_per_shape > 1 \
+            else f"{base}-{name}-0"
+        names[name] = hostlist
+        features = ",".join(list(shape.features) + sorted(config.node_features))
+        gres = shape_gres(shape)
+        line = (f"NodeName={hostlist} CPUs={shape.cpus} RealMemory={shape.memory_mb}"
+                + (f" Gres={gres}" if gres else "")
+                + (f" Feature={features}" if features else "")
+                + " State=CLOUD")
+        node_lines.append(line)
+        for part in gres.split(",") if gres else []:
+            _, gtype, count = part.split(":")
+            gres_lines.append(f"NodeName={hostlist} Name=gpu Type={gtype} Count={count}")
+    return InventoryLines(node_lines, gres_lines, names)
+
+
+def render_conf_snippet(config: BridgeConfig, nodes_per_shape: int = 16) -> str:
+    """What ``slurm-k8s-bridge slurm-conf`` prints for an administrator."""
+    inv = inventory_lines(config, nodes_per_shape)
+    out = ["# --- slurm.conf (slurm-k8s-bridge) ---",
+           "JobSubmitPlugins=k8s",
+           "GresTypes=gpu",
+           "PrivateData=cloud",
+           "# Inventory nodes: the Kubernetes GPU node shapes, never allocated (jobs are",
+           "# held by job_submit/k8s and run on their pods' dynamic nodes). Power saving",
+           "# keeps them powered down; list your non-bridged partitions in SuspendExcParts.",
+           *power_save_lines("/usr/share/slurm-k8s-bridge/inventory-resume.sh",
+                             sorted(n for n, r in config.partitions.items() if not r.bridged)),
+           *inv.node_lines,
+           f"# e.g. PartitionName=gpu Nodes={inv.partition_nodes()} Default=YES State=UP",
+           "",
+           "# --- gres.conf ---",
+           *inv.gres_lines,
+           "",
+           "# --- plugstack.conf ---",
+           "required spank_k8s.so config=/etc/slurm/k8s-bridge.yaml"]
+    return "\n".join(out) + "\n"
