@@ -26,6 +26,14 @@ class BridgeRefusal(Exception):
         return MESSAGE_PREFIX + self.message
 
 
+class SbatchRefusal(BridgeRefusal):
+    """A request sbatch itself refuses before it reaches slurmctld (bad option, no ``#!``):
+    shown with sbatch's own wording, without the bridge's prefix."""
+
+    def user_message(self) -> str:
+        return self.message
+
+
 class ConfigError(Exception):
     """A configuration file that does not validate; every message names its key."""
 

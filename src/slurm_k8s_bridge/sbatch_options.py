@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import BridgeRefusal
+from .errors import SbatchRefusal as BridgeRefusal
 from .slurm_request import UNLIMITED, SlurmJobRequest
 
 NONE, REQUIRED, OPTIONAL = 0, 1, 2

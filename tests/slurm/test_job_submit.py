@@ -216,28 +216,37 @@ def test_cli_translate_matches_the_plugin(bc, case_id, script):
     path = bc.cluster.write_script(script)
     proc = bc.cluster.run(["sbatch", "--parsable", *options, str(path)], user=USER,
                           cwd=path.parent)
-    cli = subprocess.run(
-        [sys.executable, "-m", "slurm_k8s_bridge.cli", "translate", "--config",
-         str(bc.config_path), "--uid", str(uid), "--gid", str(gid),
-         "--job-id", "0", str(path), *options],
-        capture_output=True, text=True, timeout=60, cwd=path.parent)
+
+    def cli_translate(job_id: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "slurm_k8s_bridge.cli", "translate", "--config",
+             str(bc.config_path), "--uid", str(uid), "--gid", str(gid),
+             "--job-id", str(job_id), str(path), *options],
+            capture_output=True, text=True, timeout=60, cwd=path.parent)
+
     if proc.returncode != 0:
         plugin_errors = [l for l in error_lines(proc) if "k8s-bridge:" in l]
-        assert plugin_errors, proc.stderr
+        if not plugin_errors:
+            # slurmctld itself refused after job_submit accepted, for something only the
+            # submitting site has (e.g. --reservation=hug): the bridge saw no problem
+            assert "Requested reservation is invalid" in proc.stderr, proc.stderr
+            assert cli_translate(1).returncode == 0
+            return
+        cli = cli_translate(1)
         assert cli.returncode == 1
         assert cli.stderr.strip() == plugin_errors[0]
         return
     job = bc.submit_id(proc)
     stamped = SlurmJobRequest.from_stamp(bc.cluster.show_job(job)["AdminComment"])
-    from_cli = request_from_sbatch(script, options, uid, gid)
+    from_cli = request_from_sbatch(script, options, uid, gid, script_name=path.name)
     ignore = {"submit_line", "work_dir"}
     assert {k: v for k, v in stamped.to_dict().items() if k not in ignore} == \
         {k: v for k, v in from_cli.to_dict().items() if k not in ignore}
     plugin_objects = render_all(normalize(stamped, config), config, job)
+    cli = cli_translate(job)
     assert cli.returncode == 0, cli.stderr
-    cli_objects = list(yaml.safe_load_all(cli.stdout))
-    assert render_all(normalize(from_cli, config), config, 0) == cli_objects
-    assert render_all(normalize(from_cli, config), config, job) == plugin_objects
+    assert list(yaml.safe_load_all(cli.stdout)) == plugin_objects
+    assert [o["kind"] for o in plugin_objects][:2] == ["Service", "Job"]
     # and the ``manifests`` command reads the same objects back from the live job
     shown = subprocess.run(
         [sys.executable, "-m", "slurm_k8s_bridge.cli", "manifests", "--config",
@@ -263,9 +272,72 @@ def test_slurmctld_survives_1000_bridged_submissions(bc):
     assert bc.cluster.slurmctld_pid() == pid
     print(f"\nslurmctld RSS before {rss_before} KiB, after 1000 bridged submissions "
           f"{rss_after} KiB (+{rss_after - rss_before} KiB)")
-    held = bc.cluster.run(["squeue", "-h", "-t", "PD", "-o", "%i %r %p"], check=True).stdout
+    held = bc.cluster.run(["squeue", "-h", "-t", "PD", "-o", "%i %r %Q"], check=True).stdout
     rows = [r.split() for r in held.splitlines()]
     ours = {int(r[0]): r for r in rows if int(r[0]) in set(ids)}
     assert len(ours) == batch
-    assert all(r[1] == "JobHeldAdmin" for r in ours.values())
+    assert all(r[1] == "JobHeldUser" and r[2] == "0" for r in ours.values())
     bc.cluster.run(["scancel", "-u", "root", "-p", "gpu"], check=True)
+
+
+# -- refusals at submit ------------------------------------------------------------------
+REFUSALS = [
+    (["--gres=gpu:16"],
+     "--gres=gpu:16 asks for 16 GPUs per node, but the largest GPU node shape in partition "
+     "gpu (h100) has 8", "Invalid generic resource (gres) specification"),
+    (["--gres=gpu:v100:2"],
+     "--gres=gpu:v100:2 asks for GPU type v100, but partition gpu has h100, a100 "
+     "(MIG profiles: 1g.10gb, 3g.40gb, 7g.80gb)", None),
+    (["-C", "foo", "--gres=gpu:1"],
+     "--constraint=foo names feature foo, which no node of partition gpu has "
+     "(features: a100, ampere, h100, hopper, ib)", "Invalid feature specification"),
+    (["--gpus=10", "-N4"], "--gpus=10 cannot be spread evenly over 4 nodes (-N 4)", None),
+    (["--gpus-per-task=4", "--ntasks-per-node=4", "-N1"],
+     "--gpus-per-task=4 with 4 tasks per node asks for 16 GPUs per node, but the largest GPU "
+     "node shape in partition gpu (h100) has 8", None),
+    (["--gres=gpu:1g.10gb:57"],
+     "--gres=gpu:1g.10gb:57 asks for 57 MIG 1g.10gb instances per node, but the largest node "
+     "shape offering 1g.10gb in partition gpu (a100) has 56 (7 per GPU x 8 GPUs)", None),
+    (["--gres=gpu:2g.20gb:1"],
+     "--gres=gpu:2g.20gb:1 asks for GPU type 2g.20gb, but partition gpu has h100, a100 "
+     "(MIG profiles: 1g.10gb, 3g.40gb, 7g.80gb)", None),
+    (["--mem=3000G", "--gres=gpu:1"],
+     "--mem=3000G asks for 3072000 MB per node, but the largest node shape in partition gpu "
+     "(h100) has 2048000 MB", None),
+    (["-c", "300", "--gres=gpu:1"],
+     "-c 300 with 1 task per node asks for 300 CPUs per node, but the largest node shape in "
+     "partition gpu (h100) has 224", None),
+    (["--ntasks-per-gpu=2", "-n4", "--gpus=2"],
+     "--ntasks-per-gpu is not supported by slurm-k8s-bridge yet; use --ntasks-per-node with "
+     "--gpus-per-node", None),
+    (["--k8s-priority=system-node-critical"],
+     "--k8s-priority=system-node-critical is reserved for Kubernetes system components", None),
+]
+
+
+@pytest.mark.parametrize("options,message,code_text", REFUSALS,
+                         ids=[" ".join(r[0]) for r in REFUSALS])
+def test_refused_at_submit_with_the_exact_message(bc, options, message, code_text):
+    before = job_count(bc)
+    proc = sbatch(bc, options, script="#!/bin/bash\nsrun hostname\n")
+    assert proc.returncode != 0
+    lines = error_lines(proc)
+    assert lines[0] == f"sbatch: error: k8s-bridge: {message}"
+    # a specific ESLURM code, never "Unspecified error"
+    assert lines[1].startswith("sbatch: error: Batch job submission failed: ")
+    assert "Unspecified error" not in lines[1]
+    if code_text:
+        assert lines[1].endswith(code_text)
+    assert job_count(bc) == before  # nothing was created
+
+
+def test_heterogeneous_job_is_refused_whole(bc):
+    before = job_count(bc)
+    script = ("#!/bin/bash\n#SBATCH -N1 --gres=gpu:h100:8\n#SBATCH hetjob\n"
+              "#SBATCH -N1 --gres=gpu:h100:1\nsrun hostname\n")
+    proc = sbatch(bc, [], script=script)
+    assert proc.returncode != 0
+    # slurmctld prefixes the message with the refused component's index
+    assert error_lines(proc)[0] == ("sbatch: error: 0: k8s-bridge: heterogeneous jobs are not "
+                                    "supported by slurm-k8s-bridge yet")
+    assert job_count(bc) == before
