@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from tests.slurm.bridge_fixtures import make_bridge_cluster  # noqa: E402
+from tests.slurm.bridge_fixtures import make_bridge_cluster  # noqa: E402  (test config)
 from tests.slurm.conftest import make_base_dir, remove_base_dir  # noqa: E402
 
 SCRIPT = """#!/bin/bash

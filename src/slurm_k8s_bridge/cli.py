@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
+
 DEFAULT_CONFIG = "/etc/slurm/k8s-bridge.yaml"
 
 
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slurm-k8s-bridge",
         description="Run unchanged Slurm jobs as Kubernetes Jobs on shared GPU nodes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     plugins = sub.add_parser("plugins", help="build and install the Slurm plugins")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepare this machine for slurm-k8s-bridge: Debian's Slurm 22.05 + munge + PMIx (when
+# missing), and a virtualenv at .venv with the package and its test dependencies.
+# Idempotent: reruns only install what is missing. Needs root for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for cmd in slurmctld slurmd sbatch munged ip lua5.3; do
+	command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
+done
+[ -f /usr/include/slurm/slurm.h ] || need_apt+=(headers)
+[ -f /usr/include/pmix.h ] || need_apt+=(pmix)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+	echo "==> installing Debian packages (missing: ${need_apt[*]})"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "error: Slurm packages are missing and installing them needs root" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq slurmctld slurmd slurm-client libslurm-dev munge libpmix-dev \
+		slurm-wlm-basic-plugins iproute2 lua5.3 util-linux >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+	echo "==> creating .venv with $($PYTHON --version)"
+	"$PYTHON" -m venv .venv
+fi
+echo "==> installing slurm-k8s-bridge into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+echo "==> ready: $(.venv/bin/slurm-k8s-bridge --version 2>/dev/null || echo slurm-k8s-bridge)"
