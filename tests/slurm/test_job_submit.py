@@ -27,7 +27,7 @@ from .conftest import make_base_dir, remove_base_dir, require_root
 pytestmark = pytest.mark.slurm
 
 USER = "bridgeuser"
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "sbatch-directives-sample.json"
+SAMPLES = Path(__file__).resolve().parents[1] / "unit" / "data" / "sbatch-directives-sample.json"
 TRAIN_SCRIPT = """#!/bin/bash
 #SBATCH --job-name=llm-train
 #SBATCH -N 2 --ntasks-per-node=8
