@@ -14,6 +14,7 @@ environment it was installed into, whatever PYTHONHOME/PYTHONPATH the caller has
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -239,6 +240,53 @@ def _compile_plain(source: Path, headers: SlurmHeaders, exports: list[str], work
     return out
 
 
+_SLURM_STUBS_C = """
+#include <stdlib.h>
+#include <string.h>
+void slurm_info(const char *f, ...) {}
+void slurm_error(const char *f, ...) {}
+char *slurm_xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+void slurm_xfree(void **p) { if (p) { free(*p); *p = NULL; } }
+"""
+
+_REALISE_CODE = """
+import importlib.machinery, importlib.util, json, sys
+name = sys.argv[2]
+loader = importlib.machinery.ExtensionFileLoader(name, sys.argv[1])
+mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+loader.exec_module(mod)
+t = mod.ffi.typeof("job_desc_msg_t")
+print(json.dumps({"fields": [f for f, _ in t.fields], "sizeof": mod.ffi.sizeof(t),
+                  "version": mod.lib.SLURM_VERSION_NUMBER}))
+"""
+
+
+def realise_job_desc(job_submit_so: Path, workdir: Path) -> dict[str, object]:
+    """Load a built job_submit_k8s.so outside slurmctld (Slurm's four functions stubbed)
+    and make cffi lay out ``job_desc_msg_t``.
+
+    cffi checks a partial struct's declared field types against the real header only when
+    the type is first used -- inside slurmctld, where a mismatch would refuse every job.
+    Doing it here turns that into a build error.
+    """
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    stub_c = workdir / "slurm_stub.c"
+    stub_c.write_text(_SLURM_STUBS_C)
+    stub = workdir / "libslurm_stub.so"
+    proc = subprocess.run(cc + ["-shared", "-fPIC", "-o", str(stub), str(stub_c)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PluginBuildError(f"cannot build the Slurm stubs for the layout check:\n{proc.stderr}")
+    proc = subprocess.run([sys.executable, "-c", _REALISE_CODE, str(job_submit_so),
+                           JOB_SUBMIT_MODULE], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LD_PRELOAD=str(stub)))
+    if proc.returncode != 0:
+        raise PluginBuildError("job_desc_msg_t as declared for cffi does not match "
+                               f"slurm/slurm.h:\n{proc.stderr.strip()}")
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None = None,
                   default_config: str = "/etc/slurm/k8s-bridge.yaml",
                   python_path: list[str] | None = None) -> list[Path]:
@@ -267,6 +315,10 @@ def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None 
             ["plugin_name", "plugin_type", "plugin_version", "init", "fini", "job_submit",
              "job_modify", f"PyInit_{JOB_SUBMIT_MODULE}"],
             work, "job_submit_k8s.so")
+        layout = realise_job_desc(js, work)
+        if layout["version"] != headers.version_number:
+            raise PluginBuildError(f"built for Slurm {layout['version']:#x}, headers say "
+                                   f"{headers.version_number:#x}")
         sp_py = _compile_embedding(
             SPANK_PY_MODULE, LOG_CDEF, SPANK_API, work / "spank_k8s_py.c",
             _init_code(SPANK_PY_MODULE, "plugin_spank", "spank_k8s"),

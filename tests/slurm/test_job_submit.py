@@ -7,7 +7,6 @@ plugins compiled fresh from csrc/ by ``plugin_build.build_plugins``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

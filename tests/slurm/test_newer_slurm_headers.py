@@ -20,19 +20,17 @@ Debian mirror cannot be reached and the headers are not cached yet.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import sysconfig
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from slurm_k8s_bridge import plugin_build
 from slurm_k8s_bridge.plugin_build import build_plugins
 
 pytestmark = pytest.mark.slurm
@@ -143,33 +141,7 @@ def preprocessed_params(include: Path, func: str) -> list[str]:
 
 def realise_job_desc(so: Path, tmp: Path) -> dict:
     """Import the built module (Slurm's four functions stubbed) and realise job_desc_msg_t."""
-    cc = (sysconfig.get_config_var("CC") or "cc").split()
-    stub_c = tmp / "slurm_stub.c"
-    stub_c.write_text(textwrap.dedent("""\
-        #include <stdlib.h>
-        #include <string.h>
-        void slurm_info(const char *f, ...) {}
-        void slurm_error(const char *f, ...) {}
-        char *slurm_xstrdup(const char *s) { return s ? strdup(s) : NULL; }
-        void slurm_xfree(void **p) { if (p) { free(*p); *p = NULL; } }
-        """))
-    stub = tmp / "libslurm_stub.so"
-    subprocess.run(cc + ["-shared", "-fPIC", "-o", str(stub), str(stub_c)], check=True)
-    code = textwrap.dedent(f"""\
-        import importlib.machinery, importlib.util, json
-        name = "_slurm_k8s_job_submit"
-        loader = importlib.machinery.ExtensionFileLoader(name, {str(so)!r})
-        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-        loader.exec_module(mod)
-        t = mod.ffi.typeof("job_desc_msg_t")
-        print(json.dumps({{"fields": [f for f, _ in t.fields],
-                           "sizeof": mod.ffi.sizeof(t),
-                           "version": mod.lib.SLURM_VERSION_NUMBER}}))
-        """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, LD_PRELOAD=str(stub)))
-    assert proc.returncode == 0, f"cffi rejects job_desc_msg_t:\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return plugin_build.realise_job_desc(so, tmp)
 
 
 @pytest.mark.parametrize("suite", ["trixie", "sid"])
@@ -214,3 +186,16 @@ def test_plugins_build_against_newer_slurm(suite, tmp_path):
     assert {"slurm_spank_init", "slurm_spank_init_post_opt", "plugin_name", "plugin_type",
             "plugin_version"} <= spank_exports, spank_exports
     assert "k8sb_spank_task_env" in nm_dynamic(libs["spank_k8s_py.so"], "--defined-only")
+
+
+def test_install_refuses_a_job_desc_declaration_that_does_not_match_the_header(
+        tmp_path, monkeypatch):
+    """A wrong field type in the cffi declaration is a build error, not a slurmctld that
+    refuses every job."""
+    real = plugin_build._job_desc_cdef
+    monkeypatch.setattr(plugin_build, "_job_desc_cdef",
+                        lambda headers: real(headers).replace("uint16_t shared;",
+                                                              "uint32_t shared;"))
+    with pytest.raises(plugin_build.PluginBuildError, match="wrong size for field 'shared'"):
+        build_plugins(tmp_path / "plugins")
+    assert not (tmp_path / "plugins" / "job_submit_k8s.so").exists()
