@@ -13,7 +13,8 @@ HERE = Path(__file__).resolve().parent
 
 
 class BuildWithCSources(build_py):
-    """Ship csrc/ inside the package so ``plugins install`` works from an installed copy."""
+    """Ship csrc/ (and the inventory ResumeProgram) inside the package, so ``plugins install``
+    and ``slurm-conf`` work from an installed copy."""
 
     def run(self) -> None:
         super().run()
@@ -21,6 +22,11 @@ class BuildWithCSources(build_py):
         target.mkdir(parents=True, exist_ok=True)
         for src in sorted((HERE / "csrc").glob("*.[ch]")):
             self.copy_file(str(src), str(target / src.name))
+        # slurm.conf's ResumeProgram for the inventory nodes (slurm-k8s-bridge slurm-conf)
+        data = Path(self.build_lib) / "slurm_k8s_bridge" / "slurm_plugins"
+        data.mkdir(parents=True, exist_ok=True)
+        self.copy_file(str(HERE / "slurm_plugins" / "inventory-resume.sh"),
+                       str(data / "inventory-resume.sh"))
 
 
 setup(

@@ -11,8 +11,19 @@ pinned to the pods' own dynamic nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import BridgeConfig, NodeShape
+
+
+def resume_program() -> Path:
+    """``inventory-resume.sh``: shipped in the package, or the source checkout's copy."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "slurm_plugins" / "inventory-resume.sh",
+                 here.parent.parent / "slurm_plugins" / "inventory-resume.sh"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError("inventory-resume.sh not found; reinstall slurm-k8s-bridge")
 
 
 #: Power saving keeps the inventory nodes powered down (``idle~`` in sinfo): slurmctld never
@@ -82,7 +93,7 @@ def render_conf_snippet(config: BridgeConfig, nodes_per_shape: int = 16) -> str:
            "# Inventory nodes: the Kubernetes GPU node shapes, never allocated (jobs are",
            "# held by job_submit/k8s and run on their pods' dynamic nodes). Power saving",
            "# keeps them powered down; list your non-bridged partitions in SuspendExcParts.",
-           *power_save_lines("/usr/share/slurm-k8s-bridge/inventory-resume.sh",
+           *power_save_lines(str(resume_program()),
                              sorted(n for n, r in config.partitions.items() if not r.bridged)),
            *inv.node_lines,
            f"# e.g. PartitionName=gpu Nodes={inv.partition_nodes()} Default=YES State=UP",
