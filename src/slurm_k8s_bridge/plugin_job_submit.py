@@ -210,9 +210,8 @@ class JobSubmitPlugin:
                         "supported; submit it there", "ESLURM_INVALID_PARTITION_NAME")
                 return 0
             assert stamp is not None
-            self._check_release(jd, uid)
             current = SlurmJobRequest.from_stamp(stamp)
-            merged = merge_update(current, update)
+            merged = self._owner_hold(jd, uid, merge_update(current, update))
             if merged == current:
                 return 0
             if normalize(merged, config) is None:
@@ -227,15 +226,24 @@ class JobSubmitPlugin:
         self.info(f"uid {uid}: update accepted, request re-validated")
         return 0
 
-    def _check_release(self, jd: Any, uid: int) -> None:
-        """Only the bridge may release (or reprioritise) a bridged job.
+    def _owner_hold(self, jd: Any, uid: int, request: SlurmJobRequest) -> SlurmJobRequest:
+        """Holds and releases of a bridged job by anyone but the bridge.
 
-        job_submit holds the job with priority 0, which Slurm records as a user hold; left
-        alone, the owner could ``scontrol release`` it onto the inventory nodes before its
-        pods exist. The bridge runs as root or SlurmUser (slurmctld's own uid).
+        job_submit holds every bridged job with priority 0, which Slurm records as a *user*
+        hold: left alone, the owner could ``scontrol release`` it onto the inventory nodes
+        before its pods exist. So the owner's own hold is recorded in the stamp
+        (``user_hold``) and the job stays at priority 0 either way: ``scontrol hold`` sets
+        the flag (the bridge then keeps or removes its pods), ``scontrol release`` clears it
+        and is turned into "stay held for the bridge"; a release without a hold of the
+        owner's is refused. The bridge itself runs as root or SlurmUser (slurmctld's uid).
         """
-        if jd.priority in (self.lib.NO_VAL, 0) or uid in self.operator_uids:
-            return
+        if jd.priority == self.lib.NO_VAL or uid in self.operator_uids:
+            return request
+        if jd.priority == 0:
+            return request.replace(user_hold=True)
+        if request.user_hold:
+            jd.priority = 0  # the owner's release ends their hold, not the bridge's
+            return request.replace(user_hold=False)
         raise BridgeRefusal("this job is held until its Kubernetes pods are ready; "
                             "slurm-k8s-bridge releases it, not scontrol release",
                             "ESLURM_ACCESS_DENIED")

@@ -72,6 +72,9 @@ class SlurmJobRequest:
     het_job_offset: int | None = None
     work_dir: str | None = None
     submit_line: str | None = None
+    #: bridge bookkeeping, not a job_desc field: the owner put their own hold on the job
+    #: (``scontrol hold``), recorded by job_modify; the bridge creates no pods meanwhile
+    user_hold: bool = False
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +85,7 @@ class SlurmJobRequest:
                 if value:
                     out[f.name] = dict(value)
                 continue
-            if value is None or (f.name == "mem_per_cpu" and value is False):
+            if value is None or (f.name in ("mem_per_cpu", "user_hold") and value is False):
                 continue
             out[f.name] = value
         return out

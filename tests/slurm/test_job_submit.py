@@ -340,3 +340,28 @@ def test_heterogeneous_job_is_refused_whole(bc):
     assert error_lines(proc)[0] == ("sbatch: error: 0: k8s-bridge: heterogeneous jobs are not "
                                     "supported by slurm-k8s-bridge yet")
     assert job_count(bc) == before
+
+
+def test_owner_hold_and_release_are_recorded_and_the_job_stays_held_for_the_bridge(bc):
+    job = bc.submit_id(sbatch(bc, []))
+
+    def stamp():
+        info = bc.cluster.show_job(job)
+        return info, SlurmJobRequest.from_stamp(info["AdminComment"])
+
+    assert stamp()[1].user_hold is False
+    held = bc.cluster.scontrol("hold", str(job), user=USER)
+    assert held.returncode == 0, held.stderr
+    info, req = stamp()
+    assert req.user_hold is True and info["Priority"] == "0"
+    # the owner's release ends the owner's hold; the job stays held for the bridge
+    rel = bc.cluster.scontrol("release", str(job), user=USER)
+    assert rel.returncode == 0, rel.stderr
+    info, req = stamp()
+    assert req.user_hold is False
+    assert info["Priority"] == "0" and info["JobState"] == "PENDING"
+    # a second release has no hold of the owner's to end: refused
+    again = bc.cluster.scontrol("release", str(job), user=USER)
+    assert again.returncode != 0
+    assert stamp()[0]["Priority"] == "0"
+    bc.cluster.run(["scancel", str(job)], check=True)
