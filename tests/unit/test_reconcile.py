@@ -1,0 +1,154 @@
+"""The daemon's decisions (reconcile.plan), on literal observations."""
+
+from __future__ import annotations
+
+from slurm_k8s_bridge.reconcile import (
+    BridgedJob,
+    CreateGang,
+    DeleteGang,
+    DeleteNodes,
+    Gang,
+    GangKey,
+    NodesDown,
+    PinAndRelease,
+    PodInfo,
+    RequeueHeld,
+    SetComment,
+    World,
+    plan,
+)
+
+K1, K2, K3 = GangKey(101), GangKey(102), GangKey(103)
+
+
+def job(key, state="PENDING", held=True, eligible=True, **kw):
+    return BridgedJob(key=key, state=state, held=held, eligible=eligible,
+                      order=("2026-01-01T00:00:00", key.job_id), **kw)
+
+
+def pod(i, phase="Running", scheduled=True, **kw):
+    return PodInfo(name=f"slurm-101-{i}-x", hostname=f"slurm-101-{i}", phase=phase,
+                   scheduled=scheduled, node_name=f"gpu-{i}", **kw)
+
+
+def gang(key=K1, pods=(), size=2, **kw):
+    return Gang(key=key, namespace="slurm-jobs", name=f"slurm-{key.job_id}", pods=tuple(pods),
+                size=size, **kw)
+
+
+def kinds(p):
+    return [type(a).__name__ for a in p.actions]
+
+
+def test_eligible_held_jobs_get_gangs_in_slurm_order_up_to_the_cap():
+    jobs = [job(K3), job(K1), job(K2)]
+    p = plan(World(jobs=jobs, gangs={}, slurm_nodes={}), max_admitting=2)
+    created = [a.key for a in p.actions if isinstance(a, CreateGang)]
+    assert created == [K1, K2]
+    queued = [a for a in p.actions if isinstance(a, SetComment) and a.key == K3]
+    assert queued and "2 jobs are already being admitted" in queued[0].text
+
+
+def test_ineligible_jobs_wait_with_the_reason_and_get_nothing():
+    jobs = [job(K1, eligible=False, wait_reason="dependency afterok:7 not satisfied"),
+            job(K2, eligible=False, wait_reason="begin time 2026-12-01T00:00:00")]
+    p = plan(World(jobs=jobs, gangs={}, slurm_nodes={}))
+    assert "CreateGang" not in kinds(p)
+    texts = {a.key: a.text for a in p.actions if isinstance(a, SetComment)}
+    assert texts[K1] == "k8s: waiting: dependency afterok:7 not satisfied"
+    assert texts[K2].startswith("k8s: waiting: begin time")
+
+
+def test_unschedulable_reason_reaches_the_comment_and_nothing_is_released():
+    g = gang(pods=[pod(0, phase="Pending", scheduled=False,
+                       problem="Unschedulable: 0/4 nodes are available: 4 node(s) were "
+                               "unschedulable"),
+                   pod(1, phase="Pending", scheduled=False)])
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["SetComment"]
+    assert p.actions[0].text == ("k8s: 0/2 pods scheduled: Unschedulable: 0/4 nodes are "
+                                 "available: 4 node(s) were unschedulable")
+
+
+def test_release_only_when_every_pod_runs_and_every_node_registered():
+    g = gang(pods=[pod(0), pod(1)])
+    one = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={"slurm-101-0": "IDLE"}))
+    assert "PinAndRelease" not in kinds(one)
+    assert one.actions[-1].text == "k8s: 1/2 Slurm nodes registered"
+    both = plan(World(jobs=[job(K1)], gangs={K1: g},
+                      slurm_nodes={"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}))
+    release = [a for a in both.actions if isinstance(a, PinAndRelease)]
+    assert release == [PinAndRelease(K1, ("slurm-101-0", "slurm-101-1"))]
+
+
+def test_a_pod_failing_before_start_recreates_the_gang():
+    g = gang(pods=[pod(0), pod(1, phase="Failed", failed=True, problem="Evicted: node pressure")])
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={}))
+    deletes = [a for a in p.actions if isinstance(a, DeleteGang)]
+    assert deletes and "Evicted" in deletes[0].why
+    assert "PinAndRelease" not in kinds(p)
+
+
+def test_running_job_losing_a_pod_is_requeued_held_with_nodes_down_and_objects_deleted():
+    g = gang(pods=[pod(0), pod(1, phase="Failed", failed=True, problem="OOMKilled")])
+    running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p)[:3] == ["RequeueHeld", "NodesDown", "DeleteGang"]
+    assert isinstance(p.actions[0], RequeueHeld) and "OOMKilled" in p.actions[0].why
+    down = p.actions[1]
+    assert isinstance(down, NodesDown) and down.why.startswith("k8s: pod slurm-101-1-x")
+
+
+def test_running_job_that_may_not_requeue_only_gets_its_nodes_down():
+    running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0",), requeue=False)
+    p = plan(World(jobs=[running], gangs={}, slurm_nodes={}))
+    assert kinds(p)[:1] == ["NodesDown"]
+    assert "RequeueHeld" not in kinds(p)
+    assert p.actions[0].why == "k8s: its Kubernetes Job was deleted"
+
+
+def test_lost_kubernetes_node_counts_as_a_failed_pod():
+    g = gang(pods=[pod(0), pod(1)])
+    running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes={},
+                   lost_k8s_nodes=frozenset({"gpu-1"})))
+    assert "RequeueHeld" in kinds(p)
+    assert "Kubernetes node gpu-1 lost" in p.actions[0].why
+
+
+def test_finished_jobs_leave_nothing_behind():
+    g = gang(pods=[pod(0), pod(1)])
+    done = job(K1, state="COMPLETED", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[done], gangs={K1: g},
+                   slurm_nodes={"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}))
+    assert [type(a) for a in p.actions] == [DeleteGang, DeleteNodes]
+    assert p.actions[1].nodes == ("slurm-101-0", "slurm-101-1")
+
+
+def test_held_again_removes_pods_but_keeps_the_job():
+    g = gang(pods=[pod(0, phase="Pending", scheduled=False)])
+    p = plan(World(jobs=[job(K1, eligible=False, wait_reason="held by its owner")],
+                   gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["DeleteGang", "SetComment"]
+    assert p.actions[1].text == "k8s: pods removed: held by its owner"
+
+
+def test_orphans_are_deleted_only_for_jobs_slurm_does_not_know():
+    g2 = gang(key=K2)
+    p = plan(World(jobs=[job(K1)], gangs={K2: g2}, slurm_nodes={}))
+    deletes = [a for a in p.actions if isinstance(a, DeleteGang)]
+    assert [d.key for d in deletes] == [K2]
+    assert deletes[0].why == "Slurm job 102 does not exist"
+
+
+def test_array_tasks_are_separate_gangs():
+    t0, t1 = GangKey(200, 0), GangKey(200, 1)
+    assert t1.slurm_id == "200_1"
+    p = plan(World(jobs=[job(t0), job(t1)], gangs={}, slurm_nodes={}))
+    assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [t0, t1]
+
+
+def test_unchanged_comment_is_not_rewritten():
+    p = plan(World(jobs=[job(K1, eligible=False, wait_reason="x", comment="k8s: waiting: x")],
+                   gangs={}, slurm_nodes={}))
+    assert p.actions == []
