@@ -1,0 +1,1043 @@
+"""A real Kubernetes control plane on loopback, with KWOK-simulated GPU nodes.
+
+``LocalKubeCluster`` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+kwok as plain processes (binaries from ``scripts/build-k8s-binaries.sh``, built from the Go
+module proxy). Nothing is mocked except the kubelets: Node objects are created through the
+API and KWOK plays their kubelet (Ready conditions, leases, pod status). Scheduling, RBAC,
+admission, Jobs, garbage collection and ServiceAccount tokens are the real thing.
+
+Everything the cluster owns lives under ``base_dir`` (PKI, etcd data, kubeconfigs, logs,
+pid record). Every port is a free loopback port, every wait is bounded and every process is
+tracked by pid, so ``stop()`` removes exactly what ``start()`` created.
+
+Pod lifecycle on KWOK nodes (``pod_lifecycle``):
+
+* ``"annotated"`` (default): pods go Running and stay Running until deleted. A pod
+  annotated ``pod-complete.stage.kwok.x-k8s.io/delay: "5s"`` (Go duration or RFC 3339
+  time) turns Succeeded after that delay; ``pod-fail.stage.kwok.x-k8s.io/delay`` turns it
+  Failed (exit code from ``pod-fail.stage.kwok.x-k8s.io/exit-code``, default 1).
+* ``"fast"``: upstream's ``stage/fast`` set as shipped: Job-owned pods Succeed at once.
+
+Identities: ``admin.kubeconfig`` is a client certificate with ``O=system:masters``
+(plus a static bearer token in ``pki/admin.token`` with ``token_auth``); the controller
+manager and scheduler run as ``system:kube-controller-manager`` / ``system:kube-scheduler``
+under RBAC, the controller manager with ``--use-service-account-credentials``.
+``controller_manager_qps`` (default 200, upstream default 20) keeps the node lifecycle
+and Job controllers from being client-throttled when hundreds of nodes or pods appear.
+
+``start()`` after ``stop()`` on the same ``base_dir`` resumes: PKI and etcd data are
+kept, new free ports are chosen.
+
+Requires the ``openssl`` CLI and the ``kubernetes`` Python client.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail
+
+K8S_VERSION = "v1.34.10"
+ETCD_VERSION = "v3.5.35"
+KWOK_VERSION = "v0.8.0"
+BIN_ENV = "SLURM_K8S_BRIDGE_K8S_BIN"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+BUILD_SCRIPT = Path("scripts") / "build-k8s-binaries.sh"
+STAGES_RELPATH = Path("share") / "kwok" / "stages-fast.yaml"
+
+# Taints the node lifecycle controller keeps on a node that is not (yet) Ready.
+_NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+
+# gpu-feature-discovery style facts: product label -> (memory MiB, family).
+GPU_PRODUCTS: dict[str, tuple[int, str]] = {
+    "NVIDIA-H100-80GB-HBM3": (81559, "hopper"),
+    "NVIDIA-H100-NVL": (95830, "hopper"),
+    "NVIDIA-H200": (143771, "hopper"),
+    "NVIDIA-GH200-480GB": (97871, "hopper"),
+    "NVIDIA-B200": (183359, "blackwell"),
+    "NVIDIA-A100-SXM4-80GB": (81920, "ampere"),
+    "NVIDIA-A100-SXM4-40GB": (40960, "ampere"),
+    "NVIDIA-A100-80GB-PCIe": (81920, "ampere"),
+    "NVIDIA-L40S": (46068, "ada-lovelace"),
+    "NVIDIA-L4": (23034, "ada-lovelace"),
+    "Tesla-V100-SXM2-32GB": (32768, "volta"),
+    "Tesla-T4": (15360, "turing"),
+}
+
+T = TypeVar("T")
+
+
+class KubeClusterError(ClusterError):
+    """The local Kubernetes cluster could not be built, started or driven."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.2,
+             check: Callable[[], None] | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    Exceptions raised by ``predicate`` count as "not yet" (the last one is quoted in the
+    timeout error). ``check`` runs before every poll and may raise to abort early (e.g.
+    when a daemon died). Raises ``KubeClusterError`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        if check is not None:
+            check()
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - polling: errors mean "not yet"
+            last_exc = exc
+        else:
+            if value:
+                return value
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
+            raise KubeClusterError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports the kernel reports free on ``host`` right now."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _source_root() -> Path | None:
+    """The source checkout holding this package (``src/slurm_k8s_bridge/devcluster``)."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / BUILD_SCRIPT).is_file() else None
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "slurm-k8s-bridge" / "k8s"
+
+
+def _missing_binaries(bin_dir: Path) -> list[str]:
+    return [c for c in COMPONENTS if not os.access(bin_dir / c, os.X_OK)]
+
+
+def ensure_k8s_binaries(timeout: float = 3600.0) -> Path:
+    """Return a directory holding etcd, kube-apiserver, kube-controller-manager,
+    kube-scheduler and kwok, building them first when needed.
+
+    Order: ``$SLURM_K8S_BRIDGE_K8S_BIN`` (a ready bin dir, used as is);
+    ``scripts/build-k8s-binaries.sh`` of the source checkout (instant when cached, ~7 min
+    cold on 2 cores); the pinned version's cache directory when there is no checkout.
+    """
+    env_dir = os.environ.get(BIN_ENV)
+    if env_dir:
+        bin_dir = Path(env_dir).expanduser().absolute()
+        missing = _missing_binaries(bin_dir)
+        if missing:
+            raise KubeClusterError(f"${BIN_ENV}={env_dir}: missing or not executable: "
+                                   f"{', '.join(missing)}")
+        return bin_dir
+    root = _source_root()
+    if root is None:
+        cached = _cache_root() / f"{K8S_VERSION}-etcd{ETCD_VERSION}-kwok{KWOK_VERSION}"
+        if (cached / ".complete").is_file() and not _missing_binaries(cached / "bin"):
+            return cached / "bin"
+        raise KubeClusterError(
+            f"no {BUILD_SCRIPT} next to {__file__} (not a source checkout) and no cached "
+            f"binaries under {cached}; set ${BIN_ENV} to a directory holding "
+            f"{', '.join(COMPONENTS)}")
+    script = root / BUILD_SCRIPT
+    try:
+        res = subprocess.run(["bash", str(script)], cwd=root, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raw = exc.stderr or b""
+        out = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        raise KubeClusterError(f"{script} did not finish within {timeout:.0f}s:\n"
+                               + "\n".join(out.splitlines()[-30:])) from exc
+    lines = res.stdout.strip().splitlines()
+    tail = "\n".join((res.stderr + res.stdout).strip().splitlines()[-30:])
+    if res.returncode != 0 or not lines:
+        raise KubeClusterError(f"{script} failed (rc={res.returncode}):\n{tail}")
+    bin_dir = Path(lines[-1].strip())
+    missing = _missing_binaries(bin_dir)
+    if missing:
+        raise KubeClusterError(f"{script} printed {bin_dir}, but it lacks "
+                               f"{', '.join(missing)}:\n{tail}")
+    return bin_dir
+
+
+def _run(cmd: Sequence[str], timeout: float = 30.0) -> None:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                         check=False, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise KubeClusterError(f"{' '.join(cmd)} failed (rc={res.returncode}): "
+                               f"{(res.stderr or res.stdout).strip()[-1500:]}")
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _kubeconfig_text(server: str, ca: Path, user: str, *, token: str | None = None,
+                     cert: Path | None = None, key: Path | None = None,
+                     namespace: str | None = None) -> str:
+    """A self-contained kubeconfig (CA and client credentials embedded), as JSON (= YAML)."""
+    user_entry: dict[str, str] = {}
+    if token is not None:
+        user_entry["token"] = token
+    if cert is not None and key is not None:
+        user_entry["client-certificate-data"] = _b64(cert)
+        user_entry["client-key-data"] = _b64(key)
+    context: dict[str, str] = {"cluster": "local", "user": user}
+    if namespace:
+        context["namespace"] = namespace
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {
+            "server": server, "certificate-authority-data": _b64(ca)}}],
+        "users": [{"name": user, "user": user_entry}],
+        "contexts": [{"name": "local", "context": context}],
+        "current-context": "local",
+        "preferences": {},
+    }
+    return json.dumps(cfg, indent=2) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def _quantity(value: Any) -> str:
+    return str(value)
+
+
+def _parse_taint(taint: str | Mapping[str, str]) -> dict[str, str]:
+    """``"key=value:NoSchedule"``, ``"key:NoExecute"`` or a dict -> a Node taint dict."""
+    if isinstance(taint, Mapping):
+        out = {"key": taint["key"], "effect": taint.get("effect", "NoSchedule")}
+        if taint.get("value") is not None:
+            out["value"] = str(taint["value"])
+        return out
+    m = re.fullmatch(r"([^=:]+)(?:=([^:]*))?(?::(NoSchedule|PreferNoSchedule|NoExecute))?",
+                     taint.strip())
+    if not m:
+        raise ValueError(f"bad taint {taint!r}: want key[=value][:Effect]")
+    out = {"key": m.group(1), "effect": m.group(3) or "NoSchedule"}
+    if m.group(2) is not None:
+        out["value"] = m.group(2)
+    return out
+
+
+def gpu_node_labels(name: str, *, gpus: int, gpu_product: str,
+                    gpu_memory_mib: int | None = None,
+                    mig: Mapping[str, int] | None = None) -> dict[str, str]:
+    """NFD / GPU-operator (gpu-feature-discovery) style labels for a fake GPU node."""
+    mem, family = GPU_PRODUCTS.get(gpu_product, (0, ""))
+    if gpu_memory_mib is None:
+        m = re.search(r"(\d+)GB", gpu_product)
+        gpu_memory_mib = mem or (int(m.group(1)) * 1024 if m else 0)
+    labels = {
+        "type": "kwok",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": f"kwok-{gpus}x-{gpu_product}".lower()[:63],
+        "feature.node.kubernetes.io/pci-10de.present": "true",
+        "feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
+        "feature.node.kubernetes.io/system-os_release.VERSION_ID": "22.04",
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": gpu_product,
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/mig.capable": "true" if family in ("ampere", "hopper", "blackwell")
+        else "false",
+    }
+    if gpu_memory_mib:
+        labels["nvidia.com/gpu.memory"] = str(gpu_memory_mib)
+    if family:
+        labels["nvidia.com/gpu.family"] = family
+    if mig:
+        labels["nvidia.com/mig.strategy"] = "mixed"
+        for profile, count in mig.items():
+            labels[f"nvidia.com/mig-{profile}.count"] = str(count)
+            labels[f"nvidia.com/mig-{profile}.product"] = f"{gpu_product}-MIG-{profile}"[:63]
+    return labels
+
+
+def _core(api_client: Any) -> Any:
+    """``CoreV1Api`` typed loosely: it happily takes plain dict bodies."""
+    from kubernetes import client
+    return client.CoreV1Api(api_client)
+
+
+def _node_names(core: Any, prefix: str | None = None) -> list[str]:
+    """Names of all nodes, or of the ``<prefix>-<n>`` ones."""
+    names = [str(n.metadata.name) for n in core.list_node().items]
+    if prefix is None:
+        return names
+    pattern = re.compile(rf"^{re.escape(prefix)}-\d+$")
+    return [n for n in names if pattern.match(n)]
+
+
+def _node_schedulable(node: Any) -> bool:
+    """Ready=True and the lifecycle controller's not-ready taint is gone."""
+    conds = (node.status.conditions or []) if node.status else []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conds)
+    taints = (node.spec.taints or []) if node.spec else []
+    return ready and not any(t.key in _NOT_READY_TAINTS for t in taints)
+
+
+# Opt-in completion/failure stages that replace upstream's "complete every Job pod at
+# once" pod-complete stage in pod_lifecycle="annotated".
+_ANNOTATED_POD_STAGES = r"""apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-complete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
+      operator: 'Exists'
+  delay:
+    durationMilliseconds: 0
+    durationFrom:
+      expressionFrom: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        type: ContainersReady
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{ $now | Quote }}
+            reason: Completed
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Succeeded
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
+      operator: 'Exists'
+  weight: 10
+  delay:
+    durationMilliseconds: 0
+    durationFrom:
+      expressionFrom: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      {{ $annotations := or .metadata.annotations dict }}
+      {{ $code := or ( index $annotations "pod-fail.stage.kwok.x-k8s.io/exit-code" ) "1" }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        type: ContainersReady
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: {{ $code }}
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+"""
+
+
+def _split_yaml_docs(text: str) -> list[str]:
+    docs: list[str] = []
+    cur: list[str] = []
+    for line in text.splitlines():
+        if line.strip() == "---":
+            docs.append("\n".join(cur))
+            cur = []
+        else:
+            cur.append(line)
+    docs.append("\n".join(cur))
+    return [d for d in docs if re.search(r"^kind:", d, re.MULTILINE)]
+
+
+def _stage_name(doc: str) -> str:
+    m = re.search(r"^metadata:\s*\n\s+name:\s*(\S+)", doc, re.MULTILINE)
+    return m.group(1) if m else ""
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+class LocalKubeCluster:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on loopback.
+
+    ``kwok_nodes``/``node_shape``: ``start()`` ensures that many ``add_gpu_nodes`` nodes
+    exist (``node_shape`` = its keyword arguments) and are schedulable. ``bin_dir``
+    defaults to ``ensure_k8s_binaries()``. ``extra_args`` maps a component name
+    (``"kube-apiserver"``, ...) to flags appended to its command line.
+    """
+
+    _ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        bin_dir: Path | None = None,
+        kwok_nodes: int = 0,
+        node_shape: Mapping[str, Any] | None = None,
+        pod_lifecycle: str = "annotated",
+        stages_file: Path | None = None,
+        service_cidr: str = "10.96.0.0/16",
+        pod_cidr: str = "10.244.0.0/16",
+        token_auth: bool = True,
+        controller_manager_qps: float | None = 200.0,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        if pod_lifecycle not in ("annotated", "fast"):
+            raise ValueError("pod_lifecycle must be 'annotated' or 'fast'")
+        self.base_dir = Path(base_dir).absolute()
+        self.bin_dir = Path(bin_dir).absolute() if bin_dir is not None else None
+        self.kwok_nodes = kwok_nodes
+        self.node_shape = dict(node_shape or {})
+        self.pod_lifecycle = pod_lifecycle
+        self.stages_file = Path(stages_file).absolute() if stages_file else None
+        self.service_cidr = service_cidr
+        self.pod_cidr = pod_cidr
+        self.token_auth = token_auth
+        self.controller_manager_qps = controller_manager_qps
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
+
+        self.pki_dir = self.base_dir / "pki"
+        self.etcd_dir = self.base_dir / "etcd"
+        self.log_dir = self.base_dir / "log"
+        self.run_dir = self.base_dir / "run"
+        self.kubeconfig = self.base_dir / "admin.kubeconfig"
+        self.admin_token: str | None = None
+        self.ports: dict[str, int] = {}
+        self.start_seconds: float | None = None
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca.crt"
+
+    def _pid_record(self) -> Path:
+        return self.run_dir / "pids.json"
+
+    # ------------------------------------------------------------------ PKI
+
+    def _openssl_cnf(self) -> Path:
+        cnf = self.pki_dir / "openssl.cnf"
+        cnf.write_text(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n"
+            "[v3_ca]\nbasicConstraints = critical,CA:TRUE\n"
+            "keyUsage = critical,keyCertSign,cRLSign,digitalSignature\n"
+            "subjectKeyIdentifier = hash\n"
+            "[server]\nbasicConstraints = CA:FALSE\n"
+            "keyUsage = critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage = serverAuth\n"
+            "subjectAltName = IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+            "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local,IP:" + self._service_ip() + "\n"
+            "[client]\nbasicConstraints = CA:FALSE\n"
+            "keyUsage = critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage = clientAuth\n")
+        return cnf
+
+    def _service_ip(self) -> str:
+        net, _ = self.service_cidr.split("/")
+        parts = net.split(".")
+        parts[-1] = str(int(parts[-1]) + 1)
+        return ".".join(parts)
+
+    def _leaf(self, name: str, subject: str, ext: str, cnf: Path) -> None:
+        p = self.pki_dir
+        _run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+              "-out", str(p / f"{name}.key")])
+        _run(["openssl", "req", "-new", "-config", str(cnf), "-key", str(p / f"{name}.key"),
+              "-subj", subject, "-out", str(p / f"{name}.csr")])
+        _run(["openssl", "x509", "-req", "-in", str(p / f"{name}.csr"), "-CA", str(p / "ca.crt"),
+              "-CAkey", str(p / "ca.key"), "-set_serial", "0x" + secrets.token_hex(16),
+              "-days", "825", "-sha256", "-extfile", str(cnf), "-extensions", ext,
+              "-out", str(p / f"{name}.crt")])
+        (p / f"{name}.csr").unlink(missing_ok=True)
+
+    def _ensure_pki(self) -> None:
+        """CA, apiserver serving cert, client certs, SA key pair (kept across restarts)."""
+        p = self.pki_dir
+        stamp = p / ".complete"
+        if not stamp.exists():
+            if shutil.which("openssl") is None:
+                raise KubeClusterError("the openssl CLI is needed (apt-get install openssl)")
+            shutil.rmtree(p, ignore_errors=True)
+            p.mkdir(parents=True)
+            os.chmod(p, 0o700)
+            cnf = self._openssl_cnf()
+            _run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                  "-out", str(p / "ca.key")])
+            _run(["openssl", "req", "-x509", "-new", "-config", str(cnf), "-key",
+                  str(p / "ca.key"), "-subj", "/CN=slurm-k8s-bridge-local-ca", "-days", "3650",
+                  "-sha256", "-extensions", "v3_ca", "-out", str(p / "ca.crt")])
+            self._leaf("apiserver", "/CN=kube-apiserver", "server", cnf)
+            self._leaf("admin", "/O=system:masters/CN=kubernetes-admin", "client", cnf)
+            self._leaf("kwok", "/O=system:masters/CN=kwok-controller", "client", cnf)
+            self._leaf("controller-manager", "/CN=system:kube-controller-manager", "client",
+                       cnf)
+            self._leaf("scheduler", "/CN=system:kube-scheduler", "client", cnf)
+            _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                  "rsa_keygen_bits:2048", "-out", str(p / "sa.key")])
+            _run(["openssl", "pkey", "-in", str(p / "sa.key"), "-pubout",
+                  "-out", str(p / "sa.pub")])
+            _write_private(p / "admin.token", secrets.token_hex(24) + "\n")
+            for key in p.glob("*.key"):
+                os.chmod(key, 0o600)
+            stamp.write_text("ok\n")
+        self.admin_token = (p / "admin.token").read_text().strip() if self.token_auth else None
+        if self.token_auth:
+            _write_private(p / "tokens.csv",
+                           f"{self.admin_token},kubernetes-admin-token,admin-token-uid,"
+                           f"system:masters\n")
+
+    def _write_kubeconfigs(self) -> None:
+        p = self.pki_dir
+        _write_private(self.kubeconfig, _kubeconfig_text(
+            self.server, self.ca_file, "kubernetes-admin",
+            cert=p / "admin.crt", key=p / "admin.key"))
+        for name in ("kwok", "controller-manager", "scheduler"):
+            _write_private(self.run_dir / f"{name}.kubeconfig", _kubeconfig_text(
+                self.server, self.ca_file, name, cert=p / f"{name}.crt", key=p / f"{name}.key"))
+
+    def _write_stages(self) -> Path:
+        if self.stages_file is not None:
+            return self.stages_file
+        assert self.bin_dir is not None
+        shipped = self.bin_dir.parent / STAGES_RELPATH
+        if not shipped.is_file():
+            raise KubeClusterError(
+                f"{shipped} not found (the kwok binary has no built-in stages); use the bin dir "
+                f"from scripts/build-k8s-binaries.sh or pass stages_file=")
+        out = self.run_dir / "kwok-stages.yaml"
+        if self.pod_lifecycle == "fast":
+            shutil.copyfile(shipped, out)
+            return out
+        docs = [d for d in _split_yaml_docs(shipped.read_text())
+                if _stage_name(d) != "pod-complete"]
+        names = {_stage_name(d) for d in docs}
+        need = {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete"}
+        if not need <= names:
+            raise KubeClusterError(f"{shipped} lacks stages {sorted(need - names)}")
+        out.write_text("\n---\n".join([*docs, _ANNOTATED_POD_STAGES]))
+        return out
+
+    # ------------------------------------------------------------------ processes
+
+    def _save_pids(self) -> None:
+        rec = {k: {"pid": p.pid, "start": _proc_starttime(p.pid)} for k, p in self._procs.items()}
+        self._pid_record().write_text(json.dumps(rec))
+
+    def _cleanup_stale(self) -> None:
+        """Kill daemons a crashed earlier harness left running on this base_dir."""
+        rec_path = self._pid_record()
+        if not rec_path.exists():
+            return
+        with contextlib.suppress(ValueError, OSError):
+            for entry in json.loads(rec_path.read_text()).values():
+                pid, start = int(entry["pid"]), entry.get("start")
+                if not start or _proc_starttime(pid) != start:
+                    continue
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(self.base_dir).encode() in cmdline:
+                    _kill_pid(pid, grace=5)
+        rec_path.unlink(missing_ok=True)
+
+    def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        cmd = [*cmd, *self.extra_args.get(name, [])]
+        log = self.log_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            out.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    close_fds=True, cwd=self.run_dir,
+                                    env=dict(os.environ, HOME=str(self.run_dir)))
+        self._procs[name] = proc
+        self._save_pids()
+        return proc
+
+    def _check_alive(self) -> None:
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise KubeClusterError(f"{name} exited rc={proc.returncode}\n"
+                                       f"==> {name}.log <==\n{_tail(self.log_dir / f'{name}.log', 30)}")
+
+    def _https_ok(self, url: str, *, client_cert: bool) -> bool:
+        if client_cert:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
+        else:
+            ctx = ssl._create_unverified_context()
+        with urllib.request.urlopen(url, context=ctx, timeout=3) as resp:
+            return resp.status == 200
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+
+    def _start_daemons(self, deadline: float, stages: Path) -> None:
+        b, r, p = self.bin_dir, self.run_dir, self.pki_dir
+        assert b is not None
+        names = ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
+                 "kube-scheduler", "kwok")
+        self.ports = dict(zip(names, free_ports(len(names))))
+        ports = self.ports
+
+        def left() -> float:
+            return max(1.0, deadline - time.monotonic())
+
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+        self._popen("etcd", [
+            str(b / "etcd"), "--name", "local", "--data-dir", str(self.etcd_dir),
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"local={peer_url}",
+            "--unsafe-no-fsync", "--log-level", "warn",
+            "--quota-backend-bytes", str(8 * 1024**3)])
+        wait_for(lambda: self._http_ok(f"{etcd_url}/health"), left(), "etcd /health",
+                 check=self._check_alive)
+
+        self._write_kubeconfigs()
+        api = [
+            str(b / "kube-apiserver"),
+            "--etcd-servers", etcd_url,
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", str(ports["kube-apiserver"]),
+            "--cert-dir", str(r / "apiserver"),
+            "--tls-cert-file", str(p / "apiserver.crt"),
+            "--tls-private-key-file", str(p / "apiserver.key"),
+            "--client-ca-file", str(p / "ca.crt"),
+            "--authorization-mode", "Node,RBAC",
+            "--service-cluster-ip-range", self.service_cidr,
+            "--endpoint-reconciler-type", "none",
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(p / "sa.pub"),
+            "--service-account-signing-key-file", str(p / "sa.key"),
+            "--allow-privileged=true",
+            "--profiling=false",
+        ]
+        if self.token_auth:
+            api += ["--token-auth-file", str(p / "tokens.csv")]
+        self._popen("kube-apiserver", api)
+        wait_for(lambda: self._https_ok(f"{self.server}/readyz", client_cert=True), left(),
+                 "kube-apiserver /readyz", check=self._check_alive, interval=0.25)
+
+        common = ["--authentication-skip-lookup", "--bind-address", "127.0.0.1",
+                  "--leader-elect=false"]
+        kcm_cfg = str(r / "controller-manager.kubeconfig")
+        qps = []
+        if self.controller_manager_qps:
+            qps = [f"--kube-api-qps={self.controller_manager_qps:g}",
+                   f"--kube-api-burst={int(self.controller_manager_qps * 2)}"]
+        self._popen("kube-controller-manager", [
+            str(b / "kube-controller-manager"), *common,
+            "--kubeconfig", kcm_cfg, "--authentication-kubeconfig", kcm_cfg,
+            "--authorization-kubeconfig", kcm_cfg,
+            "--secure-port", str(ports["kube-controller-manager"]),
+            "--cert-dir", str(r / "controller-manager"),
+            "--flex-volume-plugin-dir", str(r / "flexvolume"),
+            "--controllers", "*",
+            "--use-service-account-credentials",
+            "--service-account-private-key-file", str(p / "sa.key"),
+            "--root-ca-file", str(p / "ca.crt"),
+            "--cluster-signing-cert-file", str(p / "ca.crt"),
+            "--cluster-signing-key-file", str(p / "ca.key"),
+            "--service-cluster-ip-range", self.service_cidr,
+            *qps,
+        ])
+        sch_cfg = str(r / "scheduler.kubeconfig")
+        self._popen("kube-scheduler", [
+            str(b / "kube-scheduler"), *common,
+            "--kubeconfig", sch_cfg, "--authentication-kubeconfig", sch_cfg,
+            "--authorization-kubeconfig", sch_cfg,
+            "--secure-port", str(ports["kube-scheduler"]),
+            "--cert-dir", str(r / "scheduler"),
+        ])
+        kwok_cfg = str(r / "kwok.kubeconfig")
+        self._popen("kwok", [
+            str(b / "kwok"), "--kubeconfig", kwok_cfg, "--config", str(stages),
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector", "=".join(KWOK_NODE_ANNOTATION),
+            "--node-lease-duration-seconds", "40",
+            "--cidr", self.pod_cidr,
+            "--node-ip", "127.0.0.1",
+            "--server-address", f"127.0.0.1:{ports['kwok']}",
+        ])
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            url = f"https://127.0.0.1:{ports[name]}/healthz"
+            wait_for(lambda url=url: self._https_ok(url, client_cert=False),  # type: ignore[misc]
+                     left(), f"{name} /healthz", check=self._check_alive, interval=0.25)
+        wait_for(lambda: self._http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), left(),
+                 "kwok /healthz", check=self._check_alive, interval=0.25)
+
+        # The ServiceAccount controller (using its own token via
+        # --use-service-account-credentials) populating "default" proves KCM works.
+        from kubernetes import client
+        with self.admin_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            wait_for(lambda: core.read_namespaced_service_account("default", "default"),
+                     left(), "ServiceAccount default/default (kube-controller-manager)",
+                     check=self._check_alive, interval=0.25)
+            wait_for(lambda: core.read_namespaced_config_map("kube-root-ca.crt", "default"),
+                     left(), "ConfigMap default/kube-root-ca.crt", check=self._check_alive,
+                     interval=0.25)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 120.0, keep_on_failure: bool = False) -> LocalKubeCluster:
+        """Start every component; return when all are healthy (and ``kwok_nodes`` Ready)."""
+        if self._procs:
+            raise KubeClusterError("cluster already started")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        if self.bin_dir is None:
+            self.bin_dir = ensure_k8s_binaries()
+        missing = _missing_binaries(self.bin_dir)
+        if missing:
+            raise KubeClusterError(f"{self.bin_dir}: missing {', '.join(missing)}")
+        for d in (self.base_dir, self.log_dir, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._cleanup_stale()
+        for attempt in range(3):
+            try:
+                self._ensure_pki()
+                stages = self._write_stages()
+                self._start_daemons(deadline, stages)
+                if self.kwok_nodes:
+                    self._ensure_start_nodes(max(5.0, deadline - time.monotonic()))
+                break
+            except BaseException as exc:
+                logs = self.logs(40)
+                port_clash = "address already in use" in logs and isinstance(exc, Exception)
+                if port_clash and attempt < 2 and time.monotonic() < deadline:
+                    self.stop(grace=5)   # another process grabbed a port: new ports, retry
+                    for name in self._ORDER:
+                        (self.log_dir / f"{name}.log").unlink(missing_ok=True)
+                    continue
+                if not keep_on_failure:
+                    self.stop()
+                if isinstance(exc, KubeClusterError):
+                    raise KubeClusterError(f"{exc}\n--- logs ---\n{logs}") from exc
+                if isinstance(exc, Exception):
+                    raise KubeClusterError(
+                        f"cluster start failed: {exc!r}\n--- logs ---\n{logs}") from exc
+                raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def _ensure_start_nodes(self, timeout: float) -> None:
+        """Top the ``<prefix>-<n>`` nodes up to ``kwok_nodes`` (a restart on the same
+        base_dir keeps the earlier ones) and wait until all of them are schedulable."""
+        prefix = str(self.node_shape.get("prefix", "gpu"))
+        with self.admin_client() as api_client:
+            existing = _node_names(_core(api_client), prefix)
+        shape = {k: v for k, v in self.node_shape.items() if k not in ("wait", "timeout")}
+        self.add_gpu_nodes(max(0, self.kwok_nodes - len(existing)), **shape, wait=False)
+        with self.admin_client() as api_client:
+            names = _node_names(_core(api_client), prefix)
+        self.wait_nodes_schedulable(names, timeout=timeout)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop what ``start()`` started, by pid, in reverse order. Idempotent."""
+        for name in reversed([*self._ORDER, *[k for k in self._procs if k not in self._ORDER]]):
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                _kill_pid(proc.pid, grace=grace, proc=proc)
+        with contextlib.suppress(OSError):
+            self._pid_record().unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalKubeCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pids(self) -> dict[str, int]:
+        """Running processes started here, by component name."""
+        return {k: p.pid for k, p in self._procs.items() if p.poll() is None}
+
+    def running(self) -> bool:
+        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
+
+    def logs(self, lines: int = 40) -> str:
+        """Tail of every component log under base_dir/log."""
+        chunks = []
+        if self.log_dir.exists():
+            for path in sorted(self.log_dir.iterdir()):
+                text = _tail(path, lines)
+                if text.strip():
+                    chunks.append(f"==> {path.name} <==\n{text}")
+        return "\n".join(chunks)
+
+    # ------------------------------------------------------------------ clients
+
+    def admin_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` as cluster-admin (client cert, system:masters).
+
+        Close it (``with cluster.admin_client() as c:``) when done.
+        """
+        from kubernetes import config
+        if not self.kubeconfig.exists():
+            raise KubeClusterError("no admin.kubeconfig: start() the cluster first")
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def client_from_kubeconfig(self, path: Path) -> Any:
+        from kubernetes import config
+        return config.new_client_from_config(config_file=str(path))
+
+    def kubeconfig_for_service_account(self, namespace: str, name: str, path: Path, *,
+                                       expiration_seconds: int = 86400,
+                                       audiences: Sequence[str] | None = None) -> Path:
+        """Write a kubeconfig that authenticates as ServiceAccount ``namespace/name``.
+
+        The token comes from the TokenRequest API (bound to the ServiceAccount, expiring
+        after ``expiration_seconds``), so the holder has exactly that account's RBAC.
+        """
+        from kubernetes import client
+        body = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=list(audiences or []), expiration_seconds=expiration_seconds))
+        with self.admin_client() as api_client:
+            resp: Any = _core(api_client).create_namespaced_service_account_token(
+                name, namespace, body)
+        path = Path(path).absolute()
+        _write_private(path, _kubeconfig_text(
+            self.server, self.ca_file, f"system:serviceaccount:{namespace}:{name}",
+            token=resp.status.token, namespace=namespace))
+        return path
+
+    def ensure_namespace(self, name: str, timeout: float = 30.0) -> None:
+        """Create ``name`` (if absent) and wait for its ``default`` ServiceAccount, without
+        which pod creation is refused by the ServiceAccount admission plugin."""
+        from kubernetes.client.exceptions import ApiException
+        with self.admin_client() as api_client:
+            core = _core(api_client)
+            try:
+                core.create_namespace({"metadata": {"name": name}})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            wait_for(lambda: core.read_namespaced_service_account("default", name), timeout,
+                     f"ServiceAccount {name}/default")
+
+    # ------------------------------------------------------------------ nodes
+
+    def add_gpu_nodes(
+        self,
+        count: int,
+        *,
+        prefix: str = "gpu",
+        gpus: int = 8,
+        gpu_product: str = "NVIDIA-H100-80GB-HBM3",
+        gpu_memory_mib: int | None = None,
+        cpus: int = 224,
+        memory: str = "2000Gi",
+        pods: int = 110,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        taints: Iterable[str | Mapping[str, str]] | None = None,
+        mig: Mapping[str, int] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Create ``count`` KWOK-managed GPU nodes ``<prefix>-<n>``; return their names.
+
+        Capacity = allocatable: ``cpu``, ``memory``, ``pods``, ``nvidia.com/gpu: gpus`` and,
+        per ``mig`` entry (e.g. ``{"1g.10gb": 14}``), ``nvidia.com/mig-<profile>``.
+        With ``wait`` returns once KWOK reports them Ready and the node lifecycle
+        controller has lifted the ``not-ready`` taint (i.e. they are schedulable).
+        """
+        from kubernetes.client.exceptions import ApiException
+        if count <= 0:
+            return []
+        resources = {"cpu": _quantity(cpus), "memory": _quantity(memory),
+                     "pods": _quantity(pods), "ephemeral-storage": "10Ti",
+                     "nvidia.com/gpu": _quantity(gpus)}
+        for profile, n in (mig or {}).items():
+            resources[f"nvidia.com/mig-{profile}"] = _quantity(n)
+        taint_list = [_parse_taint(t) for t in (taints or [])]
+        pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
+        names: list[str] = []
+        with self.admin_client() as api_client:
+            core = _core(api_client)
+            existing = [int(m.group(1)) for n in _node_names(core) if (m := pattern.match(n))]
+            first = max(existing, default=-1) + 1
+            for i in range(first, first + count):
+                name = f"{prefix}-{i}"
+                node_labels = gpu_node_labels(name, gpus=gpus, gpu_product=gpu_product,
+                                              gpu_memory_mib=gpu_memory_mib, mig=mig)
+                node_labels.update(labels or {})
+                body = {
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {
+                        "name": name, "labels": node_labels,
+                        "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                                        "node.alpha.kubernetes.io/ttl": "0",
+                                        **dict(annotations or {})}},
+                    "spec": {"taints": taint_list} if taint_list else {},
+                    "status": {"capacity": dict(resources), "allocatable": dict(resources)},
+                }
+                try:
+                    core.create_node(body)
+                except ApiException as exc:
+                    raise KubeClusterError(f"creating node {name}: {exc.status} {exc.reason}: "
+                                           f"{exc.body}") from exc
+                names.append(name)
+            if wait:
+                self.wait_nodes_schedulable(names, timeout=timeout or 60.0 + count * 0.5,
+                                            core=core)
+        return names
+
+    def wait_nodes_schedulable(self, names: Sequence[str], timeout: float = 60.0,
+                               core: Any = None) -> None:
+        """Wait until every named node is Ready and free of not-ready/unreachable taints."""
+        from kubernetes import client
+        want = set(names)
+        pending: set[str] = set(want)
+
+        def poll(api: Any) -> bool:
+            nonlocal pending
+            ok = {str(n.metadata.name) for n in api.list_node().items if _node_schedulable(n)}
+            pending = want - ok
+            return not pending
+
+        def check() -> None:
+            if self._procs:
+                self._check_alive()
+
+        def run(api: Any) -> None:
+            try:
+                wait_for(lambda: poll(api), timeout, f"{len(want)} KWOK nodes Ready",
+                         check=check, interval=0.25)
+            except KubeClusterError as exc:
+                raise KubeClusterError(f"{exc}; not ready: {sorted(pending)[:10]}"
+                                       f"{' ...' if len(pending) > 10 else ''}") from exc
+
+        if core is not None:
+            run(core)
+            return
+        with self.admin_client() as api_client:
+            run(client.CoreV1Api(api_client))
+
+    def delete_nodes(self, names: Iterable[str], wait: bool = True,
+                     timeout: float = 60.0) -> None:
+        """Delete Node objects (404s ignored); with ``wait`` until they are gone."""
+        from kubernetes.client.exceptions import ApiException
+        names = list(names)
+        with self.admin_client() as api_client:
+            core = _core(api_client)
+            for name in names:
+                try:
+                    core.delete_node(name)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            if wait:
+                gone = set(names)
+                wait_for(lambda: not gone & set(_node_names(core)),
+                         timeout, f"deletion of {len(names)} nodes")
+
+
+__all__ = [
+    "BIN_ENV",
+    "GPU_PRODUCTS",
+    "K8S_VERSION",
+    "KWOK_NODE_ANNOTATION",
+    "KubeClusterError",
+    "LocalKubeCluster",
+    "ensure_k8s_binaries",
+    "free_ports",
+    "gpu_node_labels",
+    "wait_for",
+]
