@@ -191,6 +191,9 @@ class JobSubmitPlugin:
             return self._refuse(err_msg, refusal)
         if bridged is None:
             return 0  # not a bridged partition: untouched
+        if jd.priority == 0:
+            # ``sbatch -H``: the owner's own hold, recorded like a later ``scontrol hold``
+            request = request.replace(user_hold=True)
         self._set_admin_comment(jd, request.stamp())
         jd.priority = 0  # held until the bridge has the job's pods ready
         self.info(f"uid {submit_uid}: accepted for Kubernetes, held: partition "

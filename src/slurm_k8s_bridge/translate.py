@@ -920,6 +920,11 @@ def _same_shape_key(matching: bool, chosen: tuple[NodeShape, ...], nodes: int) -
     return keys.pop() if len(keys) == 1 else None
 
 
+#: Every pod's dynamic Slurm node carries this feature: ``NodeSet=k8spods Feature=k8s-pod``
+#: in slurm.conf puts the pods' nodes into the bridged partitions.
+POD_NODE_FEATURE = "k8s-pod"
+
+
 def _node_features(features: str | None, terms: tuple[_Term, ...], chosen: tuple[NodeShape, ...]) -> tuple[str, ...]:
     """Features the dynamic Slurm nodes advertise: every name the constraint uses, so slurmctld
     accepts the nodes for the job, plus the features all candidate shapes share."""
@@ -1236,7 +1241,7 @@ def _env(breq: BridgeRequest, config: BridgeConfig, job_id: int, array_task_id: 
         ("SLURM_K8S_NODE_GRES", breq.node_gres),
         ("SLURM_K8S_NODE_CPUS", str(breq.cpus_per_node)),
         ("SLURM_K8S_NODE_MEMORY_MB", str(breq.memory_mb_per_node)),
-        ("SLURM_K8S_NODE_FEATURES", ",".join(breq.node_features)),
+        ("SLURM_K8S_NODE_FEATURES", ",".join((POD_NODE_FEATURE, *breq.node_features))),
         ("SLURM_K8S_SLURMD_PORT", str(config.slurmd_port)),
     ]
     if breq.user_id is not None:

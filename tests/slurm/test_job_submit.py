@@ -365,3 +365,15 @@ def test_owner_hold_and_release_are_recorded_and_the_job_stays_held_for_the_brid
     assert again.returncode != 0
     assert stamp()[0]["Priority"] == "0"
     bc.cluster.run(["scancel", str(job)], check=True)
+
+
+def test_sbatch_hold_flag_is_the_owners_hold(bc):
+    job = bc.submit_id(sbatch(bc, ["-H"]))
+    info = bc.cluster.show_job(job)
+    assert SlurmJobRequest.from_stamp(info["AdminComment"]).user_hold is True
+    rel = bc.cluster.scontrol("release", str(job), user=USER)
+    assert rel.returncode == 0, rel.stderr
+    info = bc.cluster.show_job(job)
+    assert SlurmJobRequest.from_stamp(info["AdminComment"]).user_hold is False
+    assert info["Priority"] == "0"
+    bc.cluster.run(["scancel", str(job)], check=True)

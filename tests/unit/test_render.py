@@ -105,7 +105,7 @@ def test_environment_describes_the_slurm_node(job_objects: list[dict[str, Any]])
     assert values["SLURM_K8S_NODE_GRES"] == "gpu:h100:4"
     assert values["SLURM_K8S_NODE_CPUS"] == "32"
     assert values["SLURM_K8S_NODE_MEMORY_MB"] == "65536"
-    assert values["SLURM_K8S_NODE_FEATURES"] == "h100,hopper"
+    assert values["SLURM_K8S_NODE_FEATURES"] == "k8s-pod,h100,hopper"
     assert values["SLURM_K8S_JOB_UID"] == "1000" and values["SLURM_K8S_JOB_GID"] == "1000"
     assert values["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert values["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
