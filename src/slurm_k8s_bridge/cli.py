@@ -3,6 +3,7 @@
     slurm-k8s-bridge plugins install [--plugin-dir DIR] [--slurm-include DIR] [--config PATH]
     slurm-k8s-bridge translate [--config FILE] [--job-id N] SCRIPT [SBATCH-OPTIONS...]
     slurm-k8s-bridge manifests [--config FILE] JOBID      (from a submitted job's stamp)
+    slurm-k8s-bridge run --config FILE [--kubeconfig PATH] [--metrics-port N]
     slurm-k8s-bridge slurm-conf [--config FILE] [--nodes-per-shape N]
     slurm-k8s-bridge config check [FILE]
 """
@@ -138,6 +139,43 @@ def cmd_slurm_conf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from kubernetes import config as kube_config
+
+    from .daemon import BridgeDaemon, serve_metrics, setup_logging
+    from .k8s_access import KubeAccess
+    from .slurm_client import SlurmClient
+
+    setup_logging(args.log_level)
+    config = _load_config_or_exit(_config_path(args.config))
+    if args.kubeconfig:
+        api = kube_config.new_client_from_config(config_file=args.kubeconfig)
+    else:
+        kube_config.load_incluster_config()
+        from kubernetes import client as kube_client
+        api = kube_client.ApiClient()
+    namespaces = sorted({r.namespace for r in config.partitions.values() if r.bridged}
+                        | {a.namespace for a in config.accounts.values() if a.namespace})
+    kube = KubeAccess(api, cluster_name=config.cluster_name, namespaces=namespaces,
+                      qps=args.qps, burst=args.burst).start()
+    daemon = BridgeDaemon(config, SlurmClient(), kube, max_admitting=args.max_admitting,
+                          poll_interval=args.poll_interval)
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, [daemon.metrics.render, kube.metrics.render_prometheus],
+                      host=args.metrics_host)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        daemon.run(stop)
+    finally:
+        kube.stop()
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = _config_path(args.file)
     config = _load_config_or_exit(path)
@@ -177,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
     mf.add_argument("job_id", type=int)
     mf.set_defaults(func=cmd_manifests)
+
+    run = sub.add_parser("run", help="the bridge daemon: keep Slurm and Kubernetes in sync")
+    run.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--kubeconfig", help="kubeconfig of the daemon's identity "
+                     "(default: in-cluster ServiceAccount)")
+    run.add_argument("--max-admitting", type=int, default=8,
+                     help="gangs created but not yet running, at most (default 8)")
+    run.add_argument("--poll-interval", type=float, default=2.0,
+                     help="seconds between Slurm polls when Kubernetes is quiet (default 2)")
+    run.add_argument("--qps", type=float, default=20, help="Kubernetes API requests/s")
+    run.add_argument("--burst", type=int, default=40, help="Kubernetes API burst")
+    run.add_argument("--metrics-port", type=int, default=0,
+                     help="serve Prometheus metrics on this port (0: off)")
+    run.add_argument("--metrics-host", default="127.0.0.1")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(func=cmd_run)
 
     sc = sub.add_parser("slurm-conf", help="print the slurm.conf/gres.conf/plugstack.conf "
                         "lines a bridged partition needs")
