@@ -14,6 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BridgeConfig, NodeShape
+from .translate import POD_NODE_FEATURE
+
+#: NodeSets of the bridged partitions: the pods' dynamic slurmd (``slurmd -Z`` with
+#: Feature=k8s-pod) and the CLOUD nodes mirroring Kubernetes GPU nodes for sinfo.
+POD_NODESET = "k8spods"
+MIRROR_NODESET = "k8snodes"
+MIRROR_NODE_FEATURE = "k8s-node"
+
+
+def nodeset_lines(max_node_count: int = 1024) -> list[str]:
+    """Nodes that appear at run time need room in the node table (``MaxNodeCount``; without
+    it ``scontrol create`` silently creates nothing) and a NodeSet to join partitions."""
+    return [f"MaxNodeCount={max_node_count}",
+            f"NodeSet={POD_NODESET} Feature={POD_NODE_FEATURE}",
+            f"NodeSet={MIRROR_NODESET} Feature={MIRROR_NODE_FEATURE}"]
 
 
 def resume_program() -> Path:
@@ -44,9 +59,10 @@ class InventoryLines:
     node_names: dict[str, str]  # shape -> hostlist expression
 
     def partition_nodes(self, shapes: list[str] | None = None) -> str:
-        """The ``Nodes=`` value for a bridged partition serving ``shapes`` (default all)."""
+        """The ``Nodes=`` value for a bridged partition serving ``shapes`` (default all):
+        the inventory nodes plus the pods' and the mirrored nodes' NodeSets."""
         names = [self.node_names[s] for s in (shapes or list(self.node_names))]
-        return ",".join(names)
+        return ",".join([*names, POD_NODESET, MIRROR_NODESET])
 
 
 def shape_gres(shape: NodeShape) -> str:
@@ -90,6 +106,7 @@ def render_conf_snippet(config: BridgeConfig, nodes_per_shape: int = 16) -> str:
            "JobSubmitPlugins=k8s",
            "GresTypes=gpu",
            "PrivateData=cloud",
+           *nodeset_lines(),
            "# Inventory nodes: the Kubernetes GPU node shapes, never allocated (jobs are",
            "# held by job_submit/k8s and run on their pods' dynamic nodes). Power saving",
            "# keeps them powered down; list your non-bridged partitions in SuspendExcParts.",

@@ -218,11 +218,7 @@ class Env:
 def env():
     require_root()
     base = make_base_dir("client")
-    bridge = make_bridge_cluster(
-        base, "client",
-        extra_conf=["MaxNodeCount=64", "NodeSet=k8spods Feature=k8s-pod",
-                    "NodeSet=k8snodes Feature=k8s-node"],
-        gpu_extra_nodes=["k8spods", "k8snodes"])
+    bridge = make_bridge_cluster(base, "client", extra_conf=["MaxNodeCount=64"])
     cluster = bridge.cluster
     cluster.start()
     uid, _ = cluster.ensure_user(USER)

@@ -24,7 +24,7 @@ def test_each_shape_becomes_a_powered_down_cloud_node_group():
     assert " CPUs=224 " in h100 and " RealMemory=2048000 " in h100
     assert " Gres=gpu:h100:8 " in h100 and h100.endswith(" State=CLOUD")
     assert "Feature=h100,hopper" in h100
-    assert inv.partition_nodes() == "slurm-inv-h100-[0-3],slurm-inv-a100-[0-3]"
+    assert inv.partition_nodes() == "slurm-inv-h100-[0-3],slurm-inv-a100-[0-3],k8spods,k8snodes"
 
 
 def test_mig_profiles_are_gres_types_counted_per_node():

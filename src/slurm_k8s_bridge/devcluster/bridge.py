@@ -19,7 +19,7 @@ import yaml
 
 from ..config import parse_config
 from ..plugin_build import build_plugins
-from ..slurmconf import inventory_lines, power_save_lines, resume_program
+from ..slurmconf import inventory_lines, nodeset_lines, power_save_lines, resume_program
 from .slurm import LocalSlurmCluster
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -62,13 +62,12 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
                         slurmd_env: dict[str, str] | None = None,
                         with_plugins: bool = True,
                         extra_conf: list[str] | None = None,
-                        nodes_per_shape: int = 8,
-                        gpu_extra_nodes: list[str] | None = None) -> BridgeCluster:
+                        nodes_per_shape: int = 8) -> BridgeCluster:
     """A not-yet-started cluster under ``base_dir`` (must be world-traversable).
 
-    ``gpu_extra_nodes`` are node or NodeSet names appended to partition gpu's ``Nodes=``
-    (e.g. ``["k8spods"]`` with ``extra_conf=["NodeSet=k8spods Feature=k8s-pod", ...]``:
-    dynamic and ``scontrol create``d nodes with that feature join the partition).
+    Partition gpu holds the inventory nodes and the NodeSets ``k8spods`` (the pods'
+    dynamic slurmd, Feature=k8s-pod) and ``k8snodes`` (CLOUD nodes mirroring Kubernetes
+    GPU nodes, Feature=k8s-node); ``extra_conf`` lines come last and override.
     """
     plugin_dir = base_dir / "plugins"
     config_path = base_dir / "k8s-bridge.yaml"
@@ -81,18 +80,15 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
     config = parse_config(data, str(config_path))
     inv = inventory_lines(config, nodes_per_shape=nodes_per_shape)
     real_partitions = sorted(n for n, r in config.partitions.items() if not r.bridged) or ["cpu"]
-    conf = list(extra_conf or [])
-    if with_plugins:
-        conf.append("JobSubmitPlugins=k8s")
-    conf += ["PrivateData=cloud",
-             *power_save_lines(str(resume_program()),
-                               real_partitions),
-             *inv.node_lines]
+    conf = ["JobSubmitPlugins=k8s"] if with_plugins else []
+    conf += ["PrivateData=cloud", *nodeset_lines(256),
+             *power_save_lines(str(resume_program()), real_partitions),
+             *inv.node_lines,
+             *(extra_conf or [])]  # last: the caller's lines win
     cluster = LocalSlurmCluster(
         base_dir, cluster_name=name, node_count=2,
         partitions=[
-            f"PartitionName=gpu Nodes={','.join([inv.partition_nodes(), *(gpu_extra_nodes or [])])}"
-            " Default=YES State=UP",
+            f"PartitionName=gpu Nodes={inv.partition_nodes()} Default=YES State=UP",
             "PartitionName=cpu Nodes=node1,node2 State=UP",
         ],
         extra_conf=conf,
