@@ -27,7 +27,8 @@ BUILD_JOBS="${K8S_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"  # go build -p
 BUILD_NICE="${K8S_BUILD_NICE:-19}"
 
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/slurm-k8s-bridge/k8s"
-OUT_DIR="${CACHE_ROOT}/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}"
+# -r2: kubectl joined the set (a cache built without it is rebuilt, not reused)
+OUT_DIR="${CACHE_ROOT}/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-r2"
 BIN_DIR="${OUT_DIR}/bin"
 STAMP="${OUT_DIR}/.complete"
 
@@ -135,7 +136,7 @@ build_kubernetes() {
         printf ')\n'
     } >>"${w}/go.mod"
 
-    local -a cmds=(kube-apiserver kube-controller-manager kube-scheduler) pkgs=()
+    local -a cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) pkgs=()
     local c
     for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${c}"); done
 
@@ -204,6 +205,9 @@ check_version etcd "etcd Version: ${ETCD_VERSION#v}"
 check_version kube-apiserver "Kubernetes ${K8S_VERSION}"
 check_version kube-controller-manager "Kubernetes ${K8S_VERSION}"
 check_version kube-scheduler "Kubernetes ${K8S_VERSION}"
+kubectl_out="$("${STAGE_BIN}/kubectl" version --client 2>&1)" || die "kubectl version failed: ${kubectl_out}"
+[[ "${kubectl_out}" == *"${K8S_VERSION}"* ]] || die "kubectl version: expected ${K8S_VERSION}, got: ${kubectl_out}"
+log "verified: kubectl -> $(head -n1 <<<"${kubectl_out}")"
 check_version kwok "${KWOK_VERSION#v}"
 
 # ---- publish ------------------------------------------------------------------

@@ -4,6 +4,7 @@
     slurm-k8s-bridge translate [--config FILE] [--job-id N] SCRIPT [SBATCH-OPTIONS...]
     slurm-k8s-bridge manifests [--config FILE] JOBID      (from a submitted job's stamp)
     slurm-k8s-bridge run --config FILE [--kubeconfig PATH] [--metrics-port N]
+    slurm-k8s-bridge dev-cluster up|status|down [--dir DIR] [--kwok-nodes N]
     slurm-k8s-bridge slurm-conf [--config FILE] [--nodes-per-shape N]
     slurm-k8s-bridge config check [FILE]
 """
@@ -145,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kubernetes import config as kube_config
 
+    from .config import job_namespaces
     from .daemon import BridgeDaemon, serve_metrics, setup_logging
     from .k8s_access import KubeAccess
     from .slurm_client import SlurmClient
@@ -157,8 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kube_config.load_incluster_config()
         from kubernetes import client as kube_client
         api = kube_client.ApiClient()
-    namespaces = sorted({r.namespace for r in config.partitions.values() if r.bridged}
-                        | {a.namespace for a in config.accounts.values() if a.namespace})
+    namespaces = job_namespaces(config)
     kube = KubeAccess(api, cluster_name=config.cluster_name, namespaces=namespaces,
                       qps=args.qps, burst=args.burst).start()
     daemon = BridgeDaemon(config, SlurmClient(), kube, max_admitting=args.max_admitting,
@@ -173,6 +174,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.run(stop)
     finally:
         kube.stop()
+    return 0
+
+
+def cmd_dev_cluster(args: argparse.Namespace) -> int:
+    from .devcluster.dev import DevCluster
+
+    dev = DevCluster(Path(args.dir), kwok_nodes=args.kwok_nodes)
+    if args.action == "up":
+        dev.up()
+        return 0
+    if args.action == "status":
+        return dev.status()
+    dev.down()
     return 0
 
 
@@ -231,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-host", default="127.0.0.1")
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=cmd_run)
+
+    dc = sub.add_parser("dev-cluster", help="a whole local cluster: Slurm, Kubernetes "
+                        "(KWOK GPU nodes) and the bridge daemon")
+    dc.add_argument("action", choices=("up", "status", "down"))
+    dc.add_argument("--dir", default="/var/tmp/slurm-k8s-bridge-dev",
+                    help="where it lives (default /var/tmp/slurm-k8s-bridge-dev)")
+    dc.add_argument("--kwok-nodes", type=int, default=4,
+                    help="simulated h100 GPU nodes (default 4)")
+    dc.set_defaults(func=cmd_dev_cluster)
 
     sc = sub.add_parser("slurm-conf", help="print the slurm.conf/gres.conf/plugstack.conf "
                         "lines a bridged partition needs")

@@ -164,6 +164,12 @@ class BridgeConfig:
 
 # -- loading ----------------------------------------------------------------------------
 
+def job_namespaces(config: BridgeConfig) -> list[str]:
+    """Every namespace bridged jobs may run in (partitions and account overrides)."""
+    return sorted({r.namespace for r in config.partitions.values() if r.bridged}
+                  | {a.namespace for a in config.accounts.values() if a.namespace})
+
+
 def load_config(path: str | os.PathLike[str]) -> BridgeConfig:
     """Read and validate the YAML file at ``path``."""
     source = os.fspath(path)

@@ -41,7 +41,8 @@ from .reconcile import (
     World,
     plan,
 )
-from .slurm_client import SlurmClient, SlurmCommandError, SlurmJob, eligible
+from .mirror import apply_mirror, desired_mirror, plan_mirror
+from .slurm_client import SlurmClient, SlurmCommandError, SlurmJob, SlurmNode, eligible
 from .translate import normalize, render
 
 LOG = logging.getLogger("slurm_k8s_bridge.daemon")
@@ -305,12 +306,14 @@ class BridgeDaemon:
         self.metrics = DaemonMetrics()
         self._records: dict[GangKey, SlurmJob] = {}
         self._gangs: dict[GangKey, Gang] = {}
+        self._slurm_nodes: dict[str, SlurmNode] = {}
         self._node_pattern = re.compile(rf"^{re.escape(config.cluster_name)}-[0-9]+(-[0-9]+)?-[0-9]+$")
 
     # -- observe --
     def observe(self) -> World:
         jobs, self._records = bridged_jobs_from_slurm(self.slurm.bridged_jobs())
-        nodes = {name: node.base_state for name, node in self.slurm.list_nodes().items()
+        self._slurm_nodes = self.slurm.list_nodes()
+        nodes = {name: node.base_state for name, node in self._slurm_nodes.items()
                  if self._node_pattern.match(name)}
         gangs: dict[GangKey, Gang] = {}
         for (ns, name), obj in self.kube.jobs().items():
@@ -359,6 +362,20 @@ class BridgeDaemon:
                                                                   "slurm_id", None),
                                   "detail": _detail(action)})
 
+    def mirror_inventory(self) -> None:
+        """sinfo shows every Kubernetes GPU node: type, count, cordoned/NotReady."""
+        try:
+            actions = plan_mirror(desired_mirror(self.kube.nodes(), self.config),
+                                  self._slurm_nodes)
+            apply_mirror(self.slurm, actions)
+        except Exception as exc:
+            self.metrics.reconcile_errors += 1
+            LOG.error("node mirroring failed", extra={"error": str(exc)})
+            return
+        for action in actions:
+            LOG.info("mirror", extra={"verb": action.verb, "node": action.node,
+                                      "state": action.spec.state if action.spec else None})
+
     def _create(self, key: GangKey) -> None:
         record = self._records.get(key)
         if record is None:
@@ -404,6 +421,7 @@ class BridgeDaemon:
                         extra={"error": str(exc)})
             return []
         actions = plan(world, self.max_admitting).actions
+        self.mirror_inventory()
         for action in actions:
             try:
                 self.execute(action)

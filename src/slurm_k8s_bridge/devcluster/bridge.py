@@ -62,7 +62,8 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
                         slurmd_env: dict[str, str] | None = None,
                         with_plugins: bool = True,
                         extra_conf: list[str] | None = None,
-                        nodes_per_shape: int = 8) -> BridgeCluster:
+                        nodes_per_shape: int = 8,
+                        subnet: int | None = None) -> BridgeCluster:
     """A not-yet-started cluster under ``base_dir`` (must be world-traversable).
 
     Partition gpu holds the inventory nodes and the NodeSets ``k8spods`` (the pods'
@@ -99,5 +100,6 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
         slurmctld_env={"SLURM_K8S_BRIDGE_CONFIG": str(config_path),
                        "SLURM_K8S_BRIDGE_TIMINGS": str(timings_path)},
         slurmd_env=slurmd_env or {},
+        subnet=subnet,
     )
     return BridgeCluster(cluster, config_path, plugin_dir, timings_path)

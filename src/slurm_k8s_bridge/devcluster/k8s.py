@@ -50,13 +50,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail
+from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail, read_pid_record
 
 K8S_VERSION = "v1.34.10"
 ETCD_VERSION = "v3.5.35"
 KWOK_VERSION = "v0.8.0"
 BIN_ENV = "SLURM_K8S_BRIDGE_K8S_BIN"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: built with them, for people using a dev cluster (not started)
+TOOLS = ("kubectl",)
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 BUILD_SCRIPT = Path("scripts") / "build-k8s-binaries.sh"
 STAGES_RELPATH = Path("share") / "kwok" / "stages-fast.yaml"
@@ -142,7 +144,7 @@ def _cache_root() -> Path:
 
 
 def _missing_binaries(bin_dir: Path) -> list[str]:
-    return [c for c in COMPONENTS if not os.access(bin_dir / c, os.X_OK)]
+    return [c for c in (*COMPONENTS, *TOOLS) if not os.access(bin_dir / c, os.X_OK)]
 
 
 def ensure_k8s_binaries(timeout: float = 3600.0) -> Path:
@@ -163,7 +165,7 @@ def ensure_k8s_binaries(timeout: float = 3600.0) -> Path:
         return bin_dir
     root = _source_root()
     if root is None:
-        cached = _cache_root() / f"{K8S_VERSION}-etcd{ETCD_VERSION}-kwok{KWOK_VERSION}"
+        cached = _cache_root() / f"{K8S_VERSION}-etcd{ETCD_VERSION}-kwok{KWOK_VERSION}-r2"
         if (cached / ".complete").is_file() and not _missing_binaries(cached / "bin"):
             return cached / "bin"
         raise KubeClusterError(
@@ -502,6 +504,14 @@ class LocalKubeCluster:
 
     def _pid_record(self) -> Path:
         return self.run_dir / "pids.json"
+
+    def recorded_pids(self) -> dict[str, tuple[int, bool]]:
+        """name -> (pid, still running), as recorded by a harness on this base_dir."""
+        return read_pid_record(self._pid_record())
+
+    def stop_recorded(self) -> None:
+        """Stop what a harness in another process started on this base_dir."""
+        self._cleanup_stale()
 
     # ------------------------------------------------------------------ PKI
 

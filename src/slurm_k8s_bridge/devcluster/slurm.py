@@ -167,6 +167,19 @@ def _kill_pid(pid: int, grace: float, proc: subprocess.Popen | None = None) -> N
             proc.wait(timeout=2)
 
 
+def read_pid_record(path: Path) -> dict[str, tuple[int, bool]]:
+    """A harness pid record: name -> (pid, the same process still running)."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, tuple[int, bool]] = {}
+    for name, entry in entries.items():
+        pid, start = int(entry["pid"]), entry.get("start")
+        out[name] = (pid, bool(start) and _proc_starttime(pid) == start)
+    return out
+
+
 def _tail(path: Path, lines: int) -> str:
     try:
         data = path.read_bytes()[-200_000:].decode(errors="replace")
@@ -496,6 +509,20 @@ class LocalSlurmCluster:
 
     def _pid_record(self) -> Path:
         return LOCK_DIR / f"subnet-{self.subnet}.pids.json"
+
+    def recorded_pids(self) -> dict[str, tuple[int, bool]]:
+        """Processes a harness (maybe in another, finished process) recorded for this
+        cluster's subnet: name -> (pid, still running). Needs an explicit ``subnet``."""
+        return read_pid_record(self._pid_record())
+
+    def stop_recorded(self) -> None:
+        """Stop what a harness in another process started on this cluster's subnet (as
+        recorded) and remove its namespaces and bridge. Needs an explicit ``subnet``."""
+        self._acquire_subnet()
+        try:
+            self._cleanup_stale()
+        finally:
+            self._release_lock()
 
     def _save_pids(self) -> None:
         rec = {k: {"pid": p.pid, "start": _proc_starttime(p.pid)} for k, p in self._procs.items()}
