@@ -176,7 +176,7 @@ def read_pid_record(path: Path) -> dict[str, tuple[int, bool]]:
     out: dict[str, tuple[int, bool]] = {}
     for name, entry in entries.items():
         pid, start = int(entry["pid"]), entry.get("start")
-        out[name] = (pid, bool(start) and _proc_starttime(pid) == start)
+        out[name] = (pid, bool(start) and _proc_starttime(pid) == start and _pid_alive(pid))
     return out
 
 
