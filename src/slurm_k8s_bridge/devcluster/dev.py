@@ -45,9 +45,11 @@ def _shape_nodes(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class DevCluster:
-    def __init__(self, base_dir: Path, kwok_nodes: int = 4) -> None:
+    def __init__(self, base_dir: Path, kwok_nodes: int = 4,
+                 daemon_args: tuple[str, ...] = ()) -> None:
         self.base = Path(base_dir).absolute()
         self.kwok_nodes = kwok_nodes
+        self.daemon_args = daemon_args
         self.config_data = dev_config()
         self.k8s_dir = self.base / "k8s"
         self.daemon_pid_file = self.base / "run" / "daemon.json"
@@ -92,7 +94,8 @@ class DevCluster:
             print("slurm: already running")
         else:
             bridge = self._slurm()
-            bridge.cluster.start(timeout=120)  # removes what a dead earlier run left
+            bridge.cluster.start(timeout=120)
+            bridge.cluster.detach()  # removes what a dead earlier run left
             bridge.cluster.ensure_user("bridgeuser")
             print("slurm: started (slurmctld with job_submit/k8s + spank_k8s, 2 slurmd)")
         kube = self._kube()
@@ -147,7 +150,7 @@ class DevCluster:
         proc = subprocess.Popen(
             [sys.executable, "-m", "slurm_k8s_bridge.cli", "run", "--config", str(config_path),
              "--kubeconfig", str(self.sa_kubeconfig), "--metrics-port", str(port),
-             "--poll-interval", "1"],
+             "--poll-interval", "1", *self.daemon_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
         self.daemon_pid_file.write_text(json.dumps(
@@ -164,6 +167,12 @@ class DevCluster:
             except OSError:
                 time.sleep(0.3)
         raise SystemExit("bridge daemon did not become ready within 60 s")
+
+    def metrics_port(self) -> int:
+        return int(json.loads(self.daemon_pid_file.read_text())["bridge-daemon"]["metrics_port"])
+
+    def daemon_pid(self) -> int:
+        return int(json.loads(self.daemon_pid_file.read_text())["bridge-daemon"]["pid"])
 
     def _write_env(self, kube: LocalKubeCluster) -> None:
         bin_dir = kube.bin_dir or Path()

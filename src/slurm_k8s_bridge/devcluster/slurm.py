@@ -515,6 +515,11 @@ class LocalSlurmCluster:
         cluster's subnet: name -> (pid, still running). Needs an explicit ``subnet``."""
         return read_pid_record(self._pid_record())
 
+    def detach(self) -> None:
+        """Leave the daemons running beyond this object (``dev-cluster up``): release the
+        subnet lock; ``stop_recorded`` from any process stops them later."""
+        self._release_lock()
+
     def stop_recorded(self) -> None:
         """Stop what a harness in another process started on this cluster's subnet (as
         recorded) and remove its namespaces and bridge. Needs an explicit ``subnet``."""
