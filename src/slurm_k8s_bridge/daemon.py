@@ -31,6 +31,7 @@ from .reconcile import (
     CreateGang,
     DeleteGang,
     DeleteNodes,
+    FailJob,
     Gang,
     GangKey,
     NodesDown,
@@ -207,10 +208,21 @@ def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> 
         queue = (meta.get("labels") or {}).get("kueue.x-k8s.io/queue-name", "")
         waiting = f"waiting for admission by Kueue (queue {queue})" if queue \
             else "suspended"
+    # A requeued job's new Job has the old one's name: the old Job's pods, still
+    # terminating, are not this gang's (they would read as failed pods of the new gang).
+    uid = meta.get("uid")
+    pods = [p for p in pods if not uid or _controller_uid(p) in (None, uid)]
     return Gang(key=key, namespace=meta.get("namespace", ""), name=meta.get("name", ""),
                 pods=tuple(sorted((pod_info(p) for p in pods), key=lambda p: p.hostname)),
                 size=int(spec.get("completions") or spec.get("parallelism") or 0),
                 waiting_admission=waiting, failed=failed)
+
+
+def _controller_uid(pod: Mapping[str, Any]) -> str | None:
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("kind") == "Job" and ref.get("controller") and ref.get("uid"):
+            return str(ref["uid"])
+    return None
 
 
 def lost_nodes(nodes: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
@@ -352,6 +364,9 @@ class BridgeDaemon:
         elif isinstance(action, DeleteGang):
             self._event(action.key, "Deleting", action.why)
             self.kube.delete_gang(action.namespace, action.name)
+        elif isinstance(action, FailJob):
+            self.slurm.cancel(action.key.slurm_id, f"k8s: failed: {action.why}")
+            self._event(action.key, "Failed", action.why, "Warning")
         elif isinstance(action, DeleteNodes):
             for name in action.nodes:
                 try:

@@ -135,8 +135,21 @@ class DeleteNodes:
     nodes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FailJob:
+    """End a job Slurm can no longer run correctly; ``why`` goes into its comment."""
+
+    key: GangKey
+    why: str
+
+
 Action = Union[CreateGang, DeleteGang, SetComment, PinAndRelease, RequeueHeld, NodesDown,
-               DeleteNodes]
+               DeleteNodes, FailJob]
+
+#: Why a PENDING job that still has a NodeList is ended (see ``plan``).
+STALE_REQUEUE = ("Slurm did not finish requeuing it after its pods were lost (their slurmd "
+                 "were gone); Slurm 22.05 would start it again with its old GPU allocation "
+                 "and its steps would fail")
 
 
 @dataclass
@@ -208,6 +221,19 @@ def plan(world: World, max_admitting: int = 8) -> Plan:
             _running(job, gang, world, out)
             continue
         # PENDING
+        if job.nodes:
+            # slurmctld keeps a requeued job's allocation (NodeList, GRES) until every node
+            # has reported its epilog (batch_requeue_fini). When the nodes went down instead
+            # -- the pods and their slurmd were gone -- 22.05 never finishes the requeue:
+            # the job stays PENDING with its old NodeList, and a new run's steps fail
+            # ("gres/gpu: _step_get_gres_cnt ... node offset invalid"). End it, saying why.
+            if gang is not None:
+                out.add(DeleteGang(job.key, gang.namespace, gang.name,
+                                   f"Slurm job {job.key.slurm_id} cannot be requeued"))
+            lost = job.comment[len(COMMENT_PREFIX + "requeued: "):] \
+                if job.comment.startswith(COMMENT_PREFIX + "requeued: ") else ""
+            out.add(FailJob(job.key, STALE_REQUEUE + (f" ({lost})" if lost else "")))
+            continue
         if gang is None:
             if job.held and job.eligible:
                 pending_new.append(job)

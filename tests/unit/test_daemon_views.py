@@ -117,3 +117,15 @@ def test_metrics_text_format():
     assert 'slurm_k8s_bridge_jobs{phase="waiting"} 2' in text
     assert 'slurm_k8s_bridge_reconcile_seconds_bucket{le="0.05"} 1' in text
     assert "slurm_k8s_bridge_reconcile_seconds_count 1" in text
+
+
+def test_a_requeued_gang_ignores_the_old_jobs_terminating_pods():
+    job = {"metadata": {"name": "slurm-5", "namespace": "slurm-jobs", "uid": "new",
+                        "labels": {"slurm-k8s-bridge.io/job-id": "5"}},
+           "spec": {"completions": 1}, "status": {}}
+    old = _pod(0, phase="Running")
+    old["metadata"]["ownerReferences"] = [{"kind": "Job", "controller": True, "uid": "old"}]
+    new = _pod(0, phase="Pending")
+    new["metadata"]["ownerReferences"] = [{"kind": "Job", "controller": True, "uid": "new"}]
+    gang = gang_from_k8s(job, [old, new])
+    assert gang is not None and [p.phase for p in gang.pods] == ["Pending"]

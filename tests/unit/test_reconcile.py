@@ -152,3 +152,17 @@ def test_unchanged_comment_is_not_rewritten():
     p = plan(World(jobs=[job(K1, eligible=False, wait_reason="x", comment="k8s: waiting: x")],
                    gangs={}, slurm_nodes={}))
     assert p.actions == []
+
+
+def test_pending_job_still_holding_its_old_allocation_is_ended_with_the_reason():
+    """22.05 never finishes a requeue whose nodes went down: the job stays PENDING with
+    its old NodeList and would fail on new pods; the bridge ends it, saying why."""
+    from slurm_k8s_bridge.reconcile import FailJob
+
+    g = gang(pods=[pod(0)])
+    stale = job(K1, nodes=("slurm-101-0", "slurm-101-1"),
+                comment="k8s: requeued: pod slurm-101-1-x: deleted")
+    p = plan(World(jobs=[stale], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["DeleteGang", "FailJob"]
+    fail = p.actions[1]
+    assert isinstance(fail, FailJob) and fail.why.endswith("(pod slurm-101-1-x: deleted)")

@@ -1,0 +1,289 @@
+"""Stand-ins for the containers of bridged pods that run on KWOK nodes.
+
+KWOK plays the kubelet: its pods turn Running but run no process. A real bridged pod runs
+munge and ``slurmd -Z`` (one dynamic Slurm node per pod, see ``docs/pod-requirements.md``);
+``PodStandIns`` does that part on this machine. For every bridge pod that is Running on a
+KWOK node it starts a real dynamic slurmd through ``LocalSlurmCluster.start_dynamic_slurmd``:
+
+* node name = the pod's ``spec.hostname`` (the Indexed Job's ``<job>-<index>``);
+* ``--conf`` from the container's environment, as the worker image builds it:
+  ``SLURM_K8S_NODE_CPUS`` (Sockets=1 CoresPerSocket=N ThreadsPerCore=1; the harness runs
+  slurmd with ``SlurmdParameters=config_overrides``, so a configuration larger than this
+  machine is accepted as it is), ``SLURM_K8S_NODE_MEMORY_MB`` (RealMemory),
+  ``SLURM_K8S_NODE_GRES`` (Gres; the harness writes the node's gres.conf line with as many
+  fake GPU device files as the count) and ``SLURM_K8S_NODE_FEATURES`` (Feature, starting
+  with ``k8s-pod`` so the node joins the bridged partition's NodeSet);
+* its own network namespace (a free netns index of the harness) and the pod's identity in
+  slurmd's environment (``SLURM_K8S_JOB_ID``, ``SLURM_K8S_CLUSTER``, ``POD_NAME``, ...), as
+  in the pod, so the SPANK plugin's pod-side half runs as it would there.
+
+The slurmd is stopped when its pod is gone, terminating, no longer Running, or replaced
+by another pod with the same hostname (a requeued job's new gang). The Slurm node itself is
+left to the bridge daemon, exactly as when a real pod ends (its node stays in slurmctld
+until someone deletes it).
+
+A background thread polls every ``interval`` seconds (0.5 by default). It reads pods either
+from a ``k8s_access.KubeAccess`` watch cache (``pods()``/``nodes()``) or, given a
+``kubernetes.client.ApiClient``, by listing (pods of ``namespace`` with the bridge's labels,
+and Nodes to tell KWOK nodes apart). ``stop()`` stops the thread and every slurmd it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .k8s import KWOK_NODE_ANNOTATION
+from .slurm import LocalSlurmCluster
+
+LOG = logging.getLogger("slurm_k8s_bridge.devcluster.podsim")
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+CLUSTER_LABEL = "slurm-k8s-bridge.io/cluster"
+MANAGED_BY = "slurm-k8s-bridge"
+#: pod environment passed on to the stand-in slurmd (what the worker image's slurmd sees)
+POD_IDENTITY_ENV = ("SLURM_K8S_CLUSTER", "SLURM_K8S_JOB_ID", "SLURM_K8S_ARRAY_TASK_ID",
+                    "SLURM_K8S_PARTITION", "SLURM_K8S_JOB_UID", "SLURM_K8S_JOB_GID")
+
+
+class PodSimError(RuntimeError):
+    """A pod cannot be stood in for (bad environment, too many GPUs, ...)."""
+
+
+@dataclass
+class StandIn:
+    node: str                 # Slurm node name = pod hostname
+    pod: str                  # namespace/name
+    uid: str
+    netns_index: int
+    conf: str
+    started: float = field(default_factory=time.monotonic)
+
+
+def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The literal ``value`` environment of the pod's first container, plus POD_NAME /
+    POD_NAMESPACE / POD_IP / K8S_NODE_NAME resolved from the pod (their fieldRefs)."""
+    spec = pod.get("spec") or {}
+    meta = pod.get("metadata") or {}
+    containers = spec.get("containers") or [{}]
+    env: dict[str, str] = {}
+    for item in containers[0].get("env") or []:
+        if "value" in item and item.get("name"):
+            env[str(item["name"])] = str(item["value"])
+    env["POD_NAME"] = str(meta.get("name") or "")
+    env["POD_NAMESPACE"] = str(meta.get("namespace") or "")
+    env["POD_IP"] = str((pod.get("status") or {}).get("podIP") or "")
+    env["K8S_NODE_NAME"] = str(spec.get("nodeName") or "")
+    return env
+
+
+def slurmd_conf_line(env: Mapping[str, str]) -> str:
+    """``slurmd -Z --conf`` of a pod, from the SLURM_K8S_NODE_* variables."""
+    try:
+        cpus = int(env["SLURM_K8S_NODE_CPUS"])
+        memory = int(env["SLURM_K8S_NODE_MEMORY_MB"])
+    except (KeyError, ValueError) as exc:
+        raise PodSimError(f"pod environment lacks a valid SLURM_K8S_NODE_CPUS / "
+                          f"SLURM_K8S_NODE_MEMORY_MB: {exc}") from None
+    if cpus <= 0 or memory <= 0:
+        raise PodSimError(f"CPUs {cpus} / memory {memory} MB must be positive")
+    features = env.get("SLURM_K8S_NODE_FEATURES", "")
+    if not features.split(",")[0] == "k8s-pod":
+        raise PodSimError(f"SLURM_K8S_NODE_FEATURES={features!r} does not start with k8s-pod")
+    parts = ["Sockets=1", f"CoresPerSocket={cpus}", "ThreadsPerCore=1", f"RealMemory={memory}"]
+    gres = env.get("SLURM_K8S_NODE_GRES", "")
+    if gres:
+        parts.append(f"Gres={gres}")
+    parts.append(f"Feature={features}")
+    return " ".join(parts)
+
+
+class PodStandIns:
+    """Real dynamic slurmd for the bridge's pods Running on KWOK nodes (see module doc)."""
+
+    def __init__(self, kube_access_or_api: Any, slurm_cluster: LocalSlurmCluster,
+                 namespace: str, cluster_name: str, *, interval: float = 0.5,
+                 stop_grace: float = 5.0, max_failures: int = 3) -> None:
+        self.source = kube_access_or_api
+        self.cluster = slurm_cluster
+        self.namespace = namespace
+        self.cluster_name = cluster_name
+        self.interval = min(max(interval, 0.05), 5.0)
+        self.stop_grace = stop_grace
+        self.max_failures = max_failures
+        self.label_selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{CLUSTER_LABEL}={cluster_name}"
+        self._standins: dict[str, StandIn] = {}        # node name -> stand-in
+        self._failures: dict[str, int] = {}            # pod uid -> failed starts
+        self.errors: list[str] = []                    # what could not be stood in for
+        self.history: list[tuple[float, str, str]] = []  # (time, "start"/"stop", node)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._uses_cache = callable(getattr(kube_access_or_api, "pods", None)) and \
+            callable(getattr(kube_access_or_api, "nodes", None))
+
+    # -- lifecycle --
+    def start(self) -> PodStandIns:
+        if self._thread is not None:
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pod-standins", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the poller and every stand-in slurmd (nodes stay in slurmctld)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            for name in list(self._standins):
+                self._stop_one(name, "stand-ins stopped")
+
+    def __enter__(self) -> PodStandIns:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def running(self) -> dict[str, str]:
+        """Node name -> ``namespace/pod`` of every stand-in now running."""
+        with self._lock:
+            return {n: s.pod for n, s in self._standins.items()}
+
+    # -- observe --
+    def _pods_and_kwok_nodes(self) -> tuple[list[dict[str, Any]], set[str]]:
+        if self._uses_cache:
+            pods = [p for (ns, _), p in self.source.pods().items() if ns == self.namespace]
+            nodes = self.source.nodes()
+            kwok = {name for name, n in nodes.items() if _is_kwok(n)}
+            return pods, kwok
+        from kubernetes import client  # the API client path
+        api = self.source
+        core = client.CoreV1Api(api)
+        pods = api.sanitize_for_serialization(core.list_namespaced_pod(
+            self.namespace, label_selector=self.label_selector, _request_timeout=10)).get("items") or []
+        nodes = api.sanitize_for_serialization(core.list_node(_request_timeout=10)).get("items") or []
+        kwok = {(n.get("metadata") or {}).get("name") for n in nodes if _is_kwok(n)}
+        return pods, {k for k in kwok if k}
+
+    def _wanted(self, pods: list[dict[str, Any]], kwok: set[str]) -> dict[str, dict[str, Any]]:
+        """hostname -> pod, for every live Running bridge pod on a KWOK node."""
+        out: dict[str, dict[str, Any]] = {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            spec = pod.get("spec") or {}
+            if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or \
+                    labels.get(CLUSTER_LABEL) != self.cluster_name:
+                continue
+            if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+                continue
+            if spec.get("nodeName") not in kwok:
+                continue
+            host = spec.get("hostname") or ""
+            if not host:
+                continue
+            out[host] = pod
+        return out
+
+    # -- act --
+    def sync_once(self) -> None:
+        """One round: start and stop stand-ins so they match the Running pods."""
+        pods, kwok = self._pods_and_kwok_nodes()
+        wanted = self._wanted(pods, kwok)
+        with self._lock:
+            for name, standin in list(self._standins.items()):
+                pod = wanted.get(name)
+                if pod is None or (pod.get("metadata") or {}).get("uid") != standin.uid:
+                    self._stop_one(name, "pod gone, terminating or replaced")
+                elif not self._alive(name):
+                    self._stop_one(name, "slurmd exited")
+                    self._failures[standin.uid] = self._failures.get(standin.uid, 0) + 1
+            for name, pod in sorted(wanted.items()):
+                if name in self._standins or self._stop.is_set():
+                    continue
+                uid = str((pod.get("metadata") or {}).get("uid") or "")
+                if self._failures.get(uid, 0) >= self.max_failures:
+                    continue
+                try:
+                    self._start_one(name, pod)
+                except Exception as exc:  # noqa: BLE001 - recorded, retried a few times
+                    self._failures[uid] = self._failures.get(uid, 0) + 1
+                    msg = f"{name} ({(pod.get('metadata') or {}).get('name')}): {exc}"
+                    self.errors.append(msg)
+                    LOG.warning("stand-in not started: %s", msg)
+
+    def _alive(self, name: str) -> bool:
+        proc = self.cluster._procs.get(f"slurmd:{name}")
+        return proc is not None and proc.poll() is None
+
+    def _free_netns_index(self) -> int:
+        used = set(self.cluster._netns) | {s.netns_index for s in self._standins.values()}
+        for index in range(len(self.cluster.node_names) + 1, 241):
+            if index not in used:
+                return index
+        raise PodSimError("no free network namespace index (at most 240)")
+
+    def _start_one(self, name: str, pod: Mapping[str, Any]) -> None:
+        env = pod_env(pod)
+        conf = slurmd_conf_line(env)
+        if name in self.cluster._dynamic:   # a slurmd of ours for an earlier pod: replace
+            self.cluster.stop_slurmd(name, grace=self.stop_grace)
+        index = self._free_netns_index()
+        identity = {k: env[k] for k in POD_IDENTITY_ENV if env.get(k)}
+        identity.update({k: env[k] for k in ("POD_NAME", "POD_NAMESPACE", "POD_IP") if env.get(k)})
+        # The harness gives every slurmd the cluster's slurmd_env; a pod's slurmd gets its
+        # own identity on top (only this thread starts slurmd while the stand-ins run).
+        saved = self.cluster.slurmd_env
+        self.cluster.slurmd_env = {**saved, **identity}
+        try:
+            self.cluster.start_dynamic_slurmd(name, conf, netns_index=index, wait=False)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.cluster.stop_slurmd(name, grace=self.stop_grace)
+            raise
+        finally:
+            self.cluster.slurmd_env = saved
+        meta = pod.get("metadata") or {}
+        self._standins[name] = StandIn(node=name, pod=f"{meta.get('namespace')}/{meta.get('name')}",
+                                       uid=str(meta.get("uid") or ""), netns_index=index, conf=conf)
+        self.history.append((time.time(), "start", name))
+        LOG.info("stand-in slurmd %s for pod %s (netns %d): %s", name, meta.get("name"), index, conf)
+
+    def _stop_one(self, name: str, why: str) -> None:
+        standin = self._standins.pop(name, None)
+        try:
+            self.cluster.stop_slurmd(name, grace=self.stop_grace)
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            self.errors.append(f"stopping {name}: {exc}")
+        self.history.append((time.time(), "stop", name))
+        LOG.info("stand-in slurmd %s stopped: %s", name, why)
+        del standin
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - API hiccup: try again
+                failures += 1
+                if failures in (1, 10, 100):
+                    self.errors.append(f"poll: {exc!r}")
+                LOG.warning("pod stand-ins: poll failed: %r", exc)
+            self._stop.wait(self.interval)
+
+
+def _is_kwok(node: Mapping[str, Any]) -> bool:
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(KWOK_NODE_ANNOTATION[0]) == KWOK_NODE_ANNOTATION[1]
+
+
+__all__ = ["PodSimError", "PodStandIns", "StandIn", "pod_env", "slurmd_conf_line"]
