@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .config import BridgeConfig
 from .errors import BridgeRefusal
 from .reconcile import (
+    FINISHED,
     Action,
     BridgedJob,
     CreateGang,
@@ -333,11 +334,14 @@ class BridgeDaemon:
             if gang is not None:
                 gangs[gang.key] = gang
         self._gangs = gangs
-        phases: dict[str, int] = {}
+        # every phase always present: stable series for dashboards and alerts
+        phases = {"waiting": 0, "admitting": 0, "running": 0, "finished": 0}
         for job in jobs:
-            phase = job.state if job.state != "PENDING" else \
-                ("admitting" if job.key in gangs else "waiting")
-            phases[phase] = phases.get(phase, 0) + 1
+            if job.state == "PENDING":
+                phase = "admitting" if job.key in gangs else "waiting"
+            else:
+                phase = "finished" if job.state in FINISHED else "running"
+            phases[phase] += 1
         self.metrics.jobs_by_phase = phases
         return World(jobs=jobs, gangs=gangs, slurm_nodes=nodes,
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()))
