@@ -38,10 +38,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.config import load_config
+from slurm_k8s_bridge.config import job_namespaces, load_config
 from slurm_k8s_bridge.devcluster.bridge import BridgeCluster, make_bridge_cluster
 from slurm_k8s_bridge.devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_bridge.devcluster.podsim import PodStandIns
+from slurm_k8s_bridge.devcluster.slurm import _tail
 from slurm_k8s_bridge.k8s_access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
 from slurm_k8s_bridge.slurm_client import SlurmClient
 
@@ -114,13 +115,13 @@ class Env:
 
     # -- diagnostics --
     def diagnostics(self, lines: int = 60) -> str:
-        parts = ["--- daemon log (tail) ---", tail(self.daemon_log, lines)]
+        parts = ["--- daemon log (tail) ---", _tail(self.daemon_log, lines)]
         if self.standins is not None and self.standins.errors:
             parts += ["--- pod stand-in errors ---", *self.standins.errors[-10:]]
         parts += ["--- squeue ---", self.cluster.run(
             ["squeue", "-a", "-t", "all", "-o", "%i %T %r %p %k"]).stdout[-3000:]]
         parts += ["--- slurmctld.log (tail) ---",
-                  tail(self.cluster.log_dir / "slurmctld.log", 25)]
+                  _tail(self.cluster.log_dir / "slurmctld.log", 25)]
         return "\n".join(parts)
 
     def wait(self, check: Callable[[], T], timeout: float, what: str,
@@ -214,31 +215,6 @@ class Env:
                   timeout, f"the dynamic Slurm nodes of jobs {jobs} gone")
 
 
-def tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def create_as_admin(api_client: Any, obj: dict[str, Any]) -> None:
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    core = client.CoreV1Api(api_client)
-    ns = obj["metadata"].get("namespace")
-    create = {
-        "ServiceAccount": lambda: core.create_namespaced_service_account(ns, obj),
-        "Role": lambda: rbac.create_namespaced_role(ns, obj),
-        "RoleBinding": lambda: rbac.create_namespaced_role_binding(ns, obj),
-        "ClusterRole": lambda: rbac.create_cluster_role(obj),
-        "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj),
-    }[obj["kind"]]
-    try:
-        create()
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
 @pytest.fixture(scope="module")
 def env(k8s_bin_dir: Path) -> Iterator[Env]:
     if os.geteuid() != 0:
@@ -256,14 +232,12 @@ def env(k8s_bin_dir: Path) -> Iterator[Env]:
         bridge.cluster.ensure_user(USER)
         kube.start(timeout=180)
         config = load_config(str(bridge.config_path))
-        namespaces = sorted({r.namespace for r in config.partitions.values() if r.bridged}
-                            | {a.namespace for a in config.accounts.values() if a.namespace})
+        namespaces = job_namespaces(config)
         assert JOBS_NS in namespaces
         for namespace in (*namespaces, DAEMON_NAMESPACE):
             kube.ensure_namespace(namespace)
         admin = kube.admin_client()
-        for obj in required_rbac(namespaces):
-            create_as_admin(admin, obj)
+        kube.apply_as_admin(required_rbac(namespaces))
         sa = kube.kubeconfig_for_service_account(DAEMON_NAMESPACE, SERVICE_ACCOUNT,
                                                  base / "bridge.kubeconfig")
         e = Env(bridge=bridge, kube=kube, admin=admin, sa_kubeconfig=sa, base=base,

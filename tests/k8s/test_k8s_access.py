@@ -122,31 +122,11 @@ def cluster(k8s_bin_dir: Path) -> Iterator[LocalKubeCluster]:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def create_as_admin(api_client: Any, obj: dict[str, Any]) -> None:
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    core = client.CoreV1Api(api_client)
-    ns = obj["metadata"].get("namespace")
-    create = {
-        "ServiceAccount": lambda: core.create_namespaced_service_account(ns, obj),
-        "Role": lambda: rbac.create_namespaced_role(ns, obj),
-        "RoleBinding": lambda: rbac.create_namespaced_role_binding(ns, obj),
-        "ClusterRole": lambda: rbac.create_cluster_role(obj),
-        "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj),
-    }[obj["kind"]]
-    try:
-        create()
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
 @pytest.fixture(scope="module")
 def sa_kubeconfig(cluster: LocalKubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for namespace in (JOBS_NS, DAEMON_NAMESPACE, OTHER_NS):
         cluster.ensure_namespace(namespace)
-    with cluster.admin_client() as admin:
-        for obj in required_rbac([JOBS_NS]):
-            create_as_admin(admin, obj)
+    cluster.apply_as_admin(required_rbac([JOBS_NS]))
     return cluster.kubeconfig_for_service_account(
         DAEMON_NAMESPACE, SERVICE_ACCOUNT, tmp_path_factory.mktemp("sa") / "bridge.kubeconfig")
 

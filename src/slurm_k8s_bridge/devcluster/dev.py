@@ -116,30 +116,10 @@ class DevCluster:
         print(f"ready: source {self.env_sh}")
 
     def _apply_rbac(self, kube: LocalKubeCluster) -> None:
-        from kubernetes import client as kclient  # the daemon's identity, as an admin sets it up
-
-        api = kube.admin_client()
-        core = kclient.CoreV1Api(api)
-        rbac = kclient.RbacAuthorizationV1Api(api)
         namespaces = job_namespaces(parse_config(self.config_data))
         for ns in (*namespaces, DAEMON_SA[0]):
             kube.ensure_namespace(ns)
-        for obj in required_rbac(namespaces, daemon_namespace=DAEMON_SA[0]):
-            kind, ns = obj["kind"], obj["metadata"].get("namespace")
-            try:
-                if kind == "ServiceAccount":
-                    core.create_namespaced_service_account(ns, obj)
-                elif kind == "Role":
-                    rbac.create_namespaced_role(ns, obj)
-                elif kind == "RoleBinding":
-                    rbac.create_namespaced_role_binding(ns, obj)
-                elif kind == "ClusterRole":
-                    rbac.create_cluster_role(obj)
-                elif kind == "ClusterRoleBinding":
-                    rbac.create_cluster_role_binding(obj)
-            except kclient.ApiException as exc:
-                if exc.status != 409:
-                    raise
+        kube.apply_as_admin(required_rbac(namespaces, daemon_namespace=DAEMON_SA[0]))
         kube.kubeconfig_for_service_account(DAEMON_SA[0], DAEMON_SA[1], self.sa_kubeconfig)
 
     def _start_daemon(self) -> None:

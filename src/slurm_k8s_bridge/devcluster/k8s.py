@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail, read_pid_record
+from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail, read_pid_record, tail_logs
 
 K8S_VERSION = "v1.34.10"
 ETCD_VERSION = "v3.5.35"
@@ -863,13 +863,7 @@ class LocalKubeCluster:
 
     def logs(self, lines: int = 40) -> str:
         """Tail of every component log under base_dir/log."""
-        chunks = []
-        if self.log_dir.exists():
-            for path in sorted(self.log_dir.iterdir()):
-                text = _tail(path, lines)
-                if text.strip():
-                    chunks.append(f"==> {path.name} <==\n{text}")
-        return "\n".join(chunks)
+        return tail_logs(self.log_dir, lines)
 
     # ------------------------------------------------------------------ clients
 
@@ -920,6 +914,30 @@ class LocalKubeCluster:
                     raise
             wait_for(lambda: core.read_namespaced_service_account("default", name), timeout,
                      f"ServiceAccount {name}/default")
+
+    def apply_as_admin(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Create RBAC objects (ServiceAccount, Role, RoleBinding, ClusterRole,
+        ClusterRoleBinding) as the cluster admin, as a site admin applies deploy/rbac.yaml;
+        ones that already exist are left as they are."""
+        from kubernetes import client as kclient
+        from kubernetes.client.exceptions import ApiException
+        with self.admin_client() as api_client:
+            core = kclient.CoreV1Api(api_client)
+            rbac = kclient.RbacAuthorizationV1Api(api_client)
+            for obj in objects:
+                ns = obj["metadata"].get("namespace")
+                create = {
+                    "ServiceAccount": lambda: core.create_namespaced_service_account(ns, obj),
+                    "Role": lambda: rbac.create_namespaced_role(ns, obj),
+                    "RoleBinding": lambda: rbac.create_namespaced_role_binding(ns, obj),
+                    "ClusterRole": lambda: rbac.create_cluster_role(obj),
+                    "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj),
+                }[obj["kind"]]
+                try:
+                    create()
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
 
     # ------------------------------------------------------------------ nodes
 

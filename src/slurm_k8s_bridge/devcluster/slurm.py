@@ -188,6 +188,17 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+def tail_logs(log_dir: Path, lines: int = 40) -> str:
+    """The tail of every log file in ``log_dir``, each under a ``==> name <==`` header."""
+    chunks = []
+    if log_dir.exists():
+        for path in sorted(log_dir.iterdir()):
+            text = _tail(path, lines)
+            if text.strip():
+                chunks.append(f"==> {path.name} <==\n{text}")
+    return "\n".join(chunks)
+
+
 def _sh(cmd: Sequence[str], check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
     res = subprocess.run(list(cmd), check=False, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
@@ -1007,13 +1018,7 @@ class LocalSlurmCluster:
 
     def logs(self, lines: int = 40) -> str:
         """Tail of every log under base_dir/log."""
-        chunks = []
-        if self.log_dir.exists():
-            for path in sorted(self.log_dir.iterdir()):
-                text = _tail(path, lines)
-                if text.strip():
-                    chunks.append(f"==> {path.name} <==\n{text}")
-        return "\n".join(chunks)
+        return tail_logs(self.log_dir, lines)
 
 
 __all__ = [
