@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -186,6 +187,20 @@ def _tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+def _tmp_tops(paths: Iterable[Path]) -> list[Path]:
+    """The distinct /tmp/<entry> directories holding ``paths`` (at most 7: fds 3-9)."""
+    tops: list[Path] = []
+    for path in paths:
+        parts = Path(os.path.abspath(path)).parts
+        if len(parts) > 2 and parts[1] == "tmp":
+            top = Path("/tmp", parts[2])
+            if top.is_dir() and top not in tops:
+                tops.append(top)
+    if len(tops) > 7:
+        raise ClusterError(f"too many directories under /tmp to keep visible: {tops}")
+    return tops
 
 
 def tail_logs(log_dir: Path, lines: int = 40) -> str:
@@ -691,16 +706,20 @@ class LocalSlurmCluster:
 
     def _slurmd_cmd(self, index: int, node_name: str, slurmd_args: list[str]) -> list[str]:
         ns_path = f"/var/run/netns/{self.netns_name(index)}"
-        b = shlex.quote(str(self.base_dir))
         # Own UTS namespace too: `hostname` in a job prints the node name, as on a cluster.
-        # A private /tmp per node (PMIx needs it); base_dir stays visible even when it
-        # lives under /tmp: cwd keeps a handle on the original directory across the
-        # tmpfs mount, and it is bind-mounted back at the same path (--no-canonicalize,
-        # else mount(8) resolves "." to the path string, i.e. the new empty directory).
+        # A private /tmp per node (PMIx needs it); what lives under /tmp and the node must
+        # still see (base_dir, and the Python environment the plugins embed, e.g. a clone
+        # in /tmp) is bind-mounted back at the same path: a directory fd opened before the
+        # tmpfs mount keeps the original, and /proc/self/fd/N is bound without
+        # canonicalising (mount(8) would otherwise resolve it to the new empty directory).
+        keep = _tmp_tops([self.base_dir, Path(sys.prefix), *map(Path, sys.path)])
+        opens = "".join(f"exec {3 + i}<{shlex.quote(str(p))}; " for i, p in enumerate(keep))
+        binds = "".join(f"mkdir -p {shlex.quote(str(p))}; "
+                        f"mount --no-canonicalize --bind /proc/self/fd/{3 + i} "
+                        f"{shlex.quote(str(p))}; " for i, p in enumerate(keep))
         script = (
             "set -e; echo " + shlex.quote(node_name) + " > /proc/sys/kernel/hostname; "
-            "cd " + b + "; mount -t tmpfs -o mode=1777 tmpfs /tmp; "
-            "if [ ! -d " + b + " ]; then mkdir -p " + b + "; mount --no-canonicalize --bind . " + b + "; fi; "
+            + opens + "mount -t tmpfs -o mode=1777 tmpfs /tmp; " + binds +
             "cd /; exec " + shlex.join(slurmd_args))
         return ["nsenter", f"--net={ns_path}", "unshare", "--mount", "--uts", "--propagation",
                 "private", "--", "/bin/sh", "-c", script]
