@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Mapping
 
@@ -35,10 +35,10 @@ from .reconcile import (
     FailJob,
     Gang,
     GangKey,
+    HoldJob,
     NodesDown,
     PinAndRelease,
     PodInfo,
-    RequeueHeld,
     SetComment,
     World,
     plan,
@@ -95,7 +95,8 @@ def bridged_jobs_from_slurm(jobs: Iterable[SlurmJob], now: datetime | None = Non
         ok, why = eligible(job, now) if job.state == "PENDING" else (False, job.state)
         common = dict(state=job.state, held=job.priority == 0, eligible=ok,
                       wait_reason="" if ok else why, comment=job.comment,
-                      order=(job.submit_time, job.job_id), requeue=job.requeue)
+                      order=(job.submit_time, job.job_id), requeue=job.requeue,
+                      restarts=job.restarts)
         if job.is_array_meta:
             assert job.array_job_id is not None
             for task in job.pending_array_tasks:
@@ -177,10 +178,37 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     if phase == "Succeeded":
         failed, problem = True, problem or "pod exited (Succeeded) while the job was running"
     hostname = spec.get("hostname") or meta.get("name", "")
+    started = status.get("startTime")
+    for cs in status.get("containerStatuses") or []:
+        started = ((cs.get("state") or {}).get("running") or {}).get("startedAt") or started
+        break
     return PodInfo(name=meta.get("name", ""), hostname=hostname, phase=phase,
                    scheduled=scheduled, node_name=spec.get("nodeName") or "",
                    problem=problem, failed=failed,
-                   terminating=bool(meta.get("deletionTimestamp")))
+                   terminating=bool(meta.get("deletionTimestamp")),
+                   started=_k8s_time(started))
+
+
+def _k8s_time(value: Any) -> datetime | None:
+    """An RFC 3339 time from the API (``...Z``) as an aware datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _slurm_time(value: str) -> datetime | None:
+    """A time scontrol prints (local time, no zone) as an aware datetime."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).astimezone()
+    except ValueError:
+        return None
 
 
 def gang_key_of(obj: Mapping[str, Any]) -> GangKey | None:
@@ -216,7 +244,9 @@ def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> 
     return Gang(key=key, namespace=meta.get("namespace", ""), name=meta.get("name", ""),
                 pods=tuple(sorted((pod_info(p) for p in pods), key=lambda p: p.hostname)),
                 size=int(spec.get("completions") or spec.get("parallelism") or 0),
-                waiting_admission=waiting, failed=failed)
+                waiting_admission=waiting, failed=failed,
+                failed_pods=int(status.get("failed") or 0),
+                failed_indexes=str(status.get("failedIndexes") or ""))
 
 
 def _controller_uid(pod: Mapping[str, Any]) -> str | None:
@@ -343,7 +373,9 @@ class BridgeDaemon:
                 phase = "finished" if job.state in FINISHED else "running"
             phases[phase] += 1
         self.metrics.jobs_by_phase = phases
-        return World(jobs=jobs, gangs=gangs, slurm_nodes=nodes,
+        started = {name: t for name in nodes
+                   if (t := _slurm_time(self._slurm_nodes[name].slurmd_start)) is not None}
+        return World(jobs=jobs, gangs=gangs, slurm_nodes=nodes, slurmd_started=started,
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()))
 
     # -- act --
@@ -356,13 +388,14 @@ class BridgeDaemon:
         elif isinstance(action, CreateGang):
             self._create(action.key)
         elif isinstance(action, PinAndRelease):
-            self.slurm.pin_and_release(action.key.slurm_id, list(action.nodes))
+            self.slurm.pin_and_release(action.key.slurm_id, list(action.nodes),
+                                       start_now=action.start_now)
             self._event(action.key, "Released",
                         f"Slurm job {action.key.slurm_id} released onto {','.join(action.nodes)}")
-        elif isinstance(action, RequeueHeld):
-            self.slurm.requeue_hold(action.key.slurm_id)
-            self.slurm.hold(action.key.slurm_id)  # JobHeldUser: the bridge's own hold again
-            self._event(action.key, "Requeued", action.why, "Warning")
+        elif isinstance(action, HoldJob):
+            self.slurm.hold(action.key.slurm_id)  # JobHeldUser: the bridge's own hold
+            self._event(action.key, "Held", f"Slurm job {action.key.slurm_id} held for the "
+                        f"bridge: {action.why}", "Warning")
         elif isinstance(action, NodesDown):
             self.slurm.node_down(list(action.nodes), action.why[:200])
         elif isinstance(action, DeleteGang):

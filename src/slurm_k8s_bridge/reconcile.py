@@ -11,13 +11,17 @@ Safety rules that the tests pin down:
   job finished, is held, or no longer exists. An unreachable slurmctld deletes nothing.
 * A Slurm job is released only when every pod of its gang runs and every pod's dynamic
   Slurm node has registered; it is pinned to exactly those nodes first.
-* A running job whose pods fail is requeued held (so Slurm cannot start it on the
-  inventory nodes) -- or, if it may not be requeued, its nodes go down with the reason.
+* A running job whose pods fail gets the Slurm nodes of exactly those pods set down with
+  the reason; Slurm then requeues it (or, if it may not be requeued, ends it NODE_FAIL).
+  The surviving pods stay until Slurm has finished the requeue: their slurmd report the
+  epilog, which is what lets Slurm 22.05 release the old allocation. Then the bridge holds
+  the job again, removes the old gang and admits it afresh.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Mapping, Sequence, Union
 
 #: Slurm job states after which nothing of the job should remain in Kubernetes.
@@ -57,6 +61,7 @@ class BridgedJob:
     comment: str = ""
     order: tuple[str, int] = ("", 0)  # Slurm's start order among held jobs
     requeue: bool = True              # may Slurm requeue it after a node failure
+    restarts: int = 0                 # Slurm's RestartCnt: requeues so far
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class PodInfo:
     problem: str = ""                 # Unschedulable / ImagePullBackOff / OOMKilled ... + message
     failed: bool = False              # evicted, OOM-killed, container exited, deleted
     terminating: bool = False
+    started: datetime | None = None   # container start (else pod start), aware
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class Gang:
     size: int = 0                     # completions: pods the gang needs
     waiting_admission: str = ""       # e.g. suspended by Kueue: "waiting for quota in ..."
     failed: str = ""                  # the Job itself failed (DeadlineExceeded, ...)
+    failed_pods: int = 0              # status.failed: pods of the Job that failed or vanished
+    failed_indexes: str = ""          # status.failedIndexes (backoffLimitPerIndex), e.g. "1,3"
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class World:
     gangs: Mapping[GangKey, Gang]
     slurm_nodes: Mapping[str, str]    # dynamic node name -> state (e.g. IDLE, ALLOCATED, DOWN)
     lost_k8s_nodes: frozenset[str] = frozenset()   # Kubernetes nodes NotReady or gone
+    slurmd_started: Mapping[str, datetime] = field(default_factory=dict)  # SlurmdStartTime
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -116,10 +125,14 @@ class SetComment:
 class PinAndRelease:
     key: GangKey
     nodes: tuple[str, ...]
+    start_now: bool = False           # a requeued job: lift Slurm's requeue delay
 
 
 @dataclass(frozen=True)
-class RequeueHeld:
+class HoldJob:
+    """Put the bridge's hold back on a pending job Slurm would otherwise start by itself
+    (requeued after a node failure, or released by someone other than the bridge)."""
+
     key: GangKey
     why: str
 
@@ -143,14 +156,13 @@ class FailJob:
     why: str
 
 
-Action = Union[CreateGang, DeleteGang, SetComment, PinAndRelease, RequeueHeld, NodesDown,
+Action = Union[CreateGang, DeleteGang, SetComment, PinAndRelease, HoldJob, NodesDown,
                DeleteNodes, FailJob]
 
-#: Why a PENDING job that still has a NodeList is ended (see ``plan``).
-STALE_REQUEUE = ("Slurm did not finish requeuing it after its pods were lost (their slurmd "
-                 "were gone); Slurm 22.05 would start it again with its old GPU allocation "
-                 "and its steps would fail")
-
+#: Why a PENDING job that still has a NodeList, none of whose nodes can report, is ended.
+STALE_REQUEUE = ("Slurm could not finish requeuing it: every pod of its previous run was lost, "
+                 "so no slurmd was left to report the end of that run, and Slurm 22.05 would "
+                 "start it again with its old allocation, where its steps fail")
 
 @dataclass
 class Plan:
@@ -167,8 +179,21 @@ def _comment(job: BridgedJob, plan: Plan, text: str) -> None:
         plan.add(SetComment(job.key, full))
 
 
-def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str]) -> tuple[bool, str]:
+def _fresh(pod: PodInfo, slurmd_start: datetime | None) -> bool:
+    """Was the node's slurmd started by this pod? A requeued job's new pods reuse the old
+    hostnames, and the old run's slurmd (or its record) can still show the node IDLE for a
+    while: releasing the job onto it fails ("Job credential revoked", or a dead address).
+    Both times come from the pod's host clock (kubelet/containerd and slurmd), to the
+    second; unknown times are taken as fresh."""
+    if pod.started is None or slurmd_start is None:
+        return True
+    return slurmd_start >= pod.started.replace(microsecond=0)
+
+
+def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str],
+                 slurmd_started: Mapping[str, datetime] | None = None) -> tuple[bool, str]:
     """(ready to release, what we are waiting for) for a pending job's gang."""
+    slurmd_started = slurmd_started or {}
     if gang.failed:
         return False, f"Kubernetes Job failed: {gang.failed}"
     if gang.waiting_admission:
@@ -185,8 +210,8 @@ def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str]) -> tuple[bool, str]
     if running < gang.size:
         detail = problems[0] if problems else "containers starting"
         return False, f"{running}/{gang.size} pods running: {detail}"
-    registered = [p.hostname for p in pods if p.hostname in slurm_nodes
-                  and not slurm_nodes[p.hostname].startswith(("DOWN", "FUTURE"))]
+    registered = [p.hostname for p in pods if _alive(slurm_nodes.get(p.hostname))
+                  and _fresh(p, slurmd_started.get(p.hostname))]
     if len(registered) < gang.size:
         return False, f"{len(registered)}/{gang.size} Slurm nodes registered"
     return True, "all pods running and registered"
@@ -200,7 +225,35 @@ def _failed_pod(gang: Gang, lost: frozenset[str]) -> str:
             return f"pod {pod.name}: Kubernetes node {pod.node_name} lost"
     if gang.failed:
         return f"Kubernetes Job failed: {gang.failed}"
+    if gang.failed_pods:
+        where = f" (index {gang.failed_indexes})" if gang.failed_indexes else ""
+        return f"{gang.failed_pods} pod(s) of Kubernetes Job {gang.name} failed{where}"
     return ""
+
+
+def _alive(state: str | None) -> bool:
+    """A Slurm node that exists and whose slurmd may still report (not DOWN/FUTURE)."""
+    return bool(state) and not str(state).startswith(("DOWN", "FUTURE"))
+
+
+def _lost_hosts(job: BridgedJob, gang: Gang | None, world: World) -> tuple[tuple[str, ...], str]:
+    """The job's Slurm nodes whose pods are gone or failing, and why (first reason)."""
+    if gang is None:
+        return job.nodes, "its Kubernetes Job was deleted"
+    lost: dict[str, str] = {}
+    by_host = {p.hostname: p for p in gang.pods}
+    for name in job.nodes:
+        pod = by_host.get(name)
+        if pod is None:
+            lost[name] = f"pod for {name} deleted"
+        elif pod.failed or pod.terminating:
+            lost[name] = f"pod {pod.name}: {pod.problem or 'deleted'}"
+        elif pod.node_name and pod.node_name in world.lost_k8s_nodes:
+            lost[name] = f"pod {pod.name}: Kubernetes node {pod.node_name} lost"
+    if not lost:
+        return (), ""
+    hosts = tuple(sorted(lost))
+    return hosts, lost[hosts[0]]
 
 
 def plan(world: World, max_admitting: int = 8) -> Plan:
@@ -221,18 +274,34 @@ def plan(world: World, max_admitting: int = 8) -> Plan:
             _running(job, gang, world, out)
             continue
         # PENDING
+        failure = _failed_pod(gang, world.lost_k8s_nodes) if gang is not None else ""
         if job.nodes:
-            # slurmctld keeps a requeued job's allocation (NodeList, GRES) until every node
-            # has reported its epilog (batch_requeue_fini). When the nodes went down instead
-            # -- the pods and their slurmd were gone -- 22.05 never finishes the requeue:
-            # the job stays PENDING with its old NodeList, and a new run's steps fail
-            # ("gres/gpu: _step_get_gres_cnt ... node offset invalid"). End it, saying why.
+            # A requeue Slurm has not finished: it keeps the job's allocation (NodeList,
+            # GRES) until every node has reported the epilog (batch_requeue_fini). The
+            # survivors' slurmd do that; a node set DOWN counts as done only if it was
+            # DOWN when the requeue began. So when every node went down, 22.05 never
+            # finishes: the job stays PENDING with its old NodeList, and a new run's steps
+            # fail ("gres/gpu: _step_get_gres_cnt ... node offset invalid").
+            if not job.held:
+                out.add(HoldJob(job.key, "requeued by Slurm"))
+            alive = [n for n in job.nodes if _alive(world.slurm_nodes.get(n))]
+            if alive:
+                _comment(job, out, f"requeuing: waiting for slurmd on {','.join(alive)} "
+                                   "to end the previous run")
+                continue
             if gang is not None:
                 out.add(DeleteGang(job.key, gang.namespace, gang.name,
                                    f"Slurm job {job.key.slurm_id} cannot be requeued"))
-            lost = job.comment[len(COMMENT_PREFIX + "requeued: "):] \
-                if job.comment.startswith(COMMENT_PREFIX + "requeued: ") else ""
+            lost = job.comment[len(COMMENT_PREFIX + "requeuing: "):] \
+                if job.comment.startswith(COMMENT_PREFIX + "requeuing: ") else ""
             out.add(FailJob(job.key, STALE_REQUEUE + (f" ({lost})" if lost else "")))
+            continue
+        if not job.held:
+            if gang is not None and not failure:
+                continue  # released by us, Slurm is starting it
+            # Slurm requeued it after its nodes went down (it gave the job a priority
+            # again), or someone released it: only the bridge may start a bridged job.
+            out.add(HoldJob(job.key, failure or "released without Kubernetes pods"))
             continue
         if gang is None:
             if job.held and job.eligible:
@@ -247,18 +316,15 @@ def plan(world: World, max_admitting: int = 8) -> Plan:
                                f"({job.wait_reason or 'held'})"))
             _comment(job, out, f"pods removed: {job.wait_reason or 'held'}")
             continue
-        if not job.held:
-            continue  # released by us, Slurm is starting it
         out.admitting += 1
-        failure = _failed_pod(gang, world.lost_k8s_nodes)
         if failure:
             out.add(DeleteGang(job.key, gang.namespace, gang.name, failure))
-            _comment(job, out, f"pods failed before start, retrying: {failure}")
+            _comment(job, out, f"replacing failed pods: {failure}")
             continue
-        ready, status = _gang_status(gang, world.slurm_nodes)
+        ready, status = _gang_status(gang, world.slurm_nodes, world.slurmd_started)
         if ready:
             nodes = tuple(sorted(p.hostname for p in gang.pods if not p.terminating))
-            out.add(PinAndRelease(job.key, nodes))
+            out.add(PinAndRelease(job.key, nodes, start_now=job.restarts > 0))
             _comment(job, out, f"running on pods of {gang.namespace}/{gang.name}")
         else:
             _comment(job, out, status)
@@ -279,17 +345,21 @@ def plan(world: World, max_admitting: int = 8) -> Plan:
 
 
 def _running(job: BridgedJob, gang: Gang | None, world: World, out: Plan) -> None:
-    failure = "its Kubernetes Job was deleted" if gang is None \
-        else _failed_pod(gang, world.lost_k8s_nodes)
-    if not failure:
+    """Pods lost under a running job: their Slurm nodes go down with the reason.
+
+    Slurm then requeues the job (``--requeue``, the default with ``JobRequeue=1``) or ends
+    it NODE_FAIL. The gang is *not* deleted here: the surviving pods' slurmd must report
+    the end of the run first, or 22.05 keeps the old allocation (see ``plan``). Once the
+    job is pending again the bridge holds it and replaces the gang; once it has ended, the
+    FINISHED rule removes everything.
+    """
+    hosts, failure = _lost_hosts(job, gang, world)
+    if not hosts:
         return
-    if job.requeue:
-        out.add(RequeueHeld(job.key, failure))
-    if job.nodes:
-        out.add(NodesDown(job.nodes, f"k8s: {failure}"))
-    if gang is not None:
-        out.add(DeleteGang(job.key, gang.namespace, gang.name, failure))
-    _comment(job, out, f"{'requeued' if job.requeue else 'failed'}: {failure}")
+    down = tuple(n for n in hosts if _alive(world.slurm_nodes.get(n)))
+    if down:
+        out.add(NodesDown(down, f"k8s: {failure}"))
+    _comment(job, out, f"{'requeuing' if job.requeue else 'failed'}: {failure}")
 
 
 def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan) -> None:

@@ -289,6 +289,10 @@ def _parse_time(value: str) -> datetime | None:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
 
 
+#: Slurm's requeue delay is the credential lifetime: 120 s by default, 1200 s at most.
+REQUEUE_DELAY_MAX_S = 1300
+
+
 def eligible(job: SlurmJob, now: datetime | None = None) -> tuple[bool, str]:
     """Would Slurm start this pending job, apart from the bridge's own hold?
 
@@ -296,14 +300,19 @@ def eligible(job: SlurmJob, now: datetime | None = None) -> tuple[bool, str]:
     be satisfied (22.05 shows ``afterok:N(failed)``; for a held job the reason then turns
     into ``JobHeldAdmin``, not ``DependencyNeverSatisfied``); a dependency not yet
     satisfied (slurmctld drops a satisfied dependency, ``Dependency=(null)``, within a
-    scheduling cycle); a begin time in the future (``--begin``, or the delay slurmctld adds
-    after a requeue); the owner's own hold (``scontrol hold``, recorded by job_modify in the
+    scheduling cycle); a begin time in the future (``--begin``); the owner's own hold (``scontrol hold``, recorded by job_modify in the
     stamp as ``user_hold``); an administrator's hold (``JobHeldAdmin``); BadConstraints.
 
     Not distinguishable on 22.05: an administrator's ``scontrol uhold`` looks exactly like
     the bridge's hold (``JobHeldUser``, priority 0; root bypasses job_modify's
     bookkeeping), and the owner's ``scontrol requeuehold`` of a running job looks like the
     bridge's (the requeue RPC does not pass through job_modify). Both count as eligible.
+
+    A requeued job (``restarts`` > 0) whose begin time is at most ``REQUEUE_DELAY_MAX_S``
+    ahead is eligible: that is the delay slurmctld adds after a requeue (the credential
+    lifetime), which only protects a slurmd that ran the previous run; the bridge starts
+    it on fresh pods with ``StartTime=now``. (A ``--begin`` cannot be ahead after a run;
+    an owner's later ``scontrol update StartTime=`` within that window is not honoured.)
     """
     if job.state != "PENDING":
         return False, f"not pending ({job.state})"
@@ -314,7 +323,9 @@ def eligible(job: SlurmJob, now: datetime | None = None) -> tuple[bool, str]:
         return False, f"waiting for dependency {dep}"
     if job.begin_time is not None:
         begin = _parse_time(job.begin_time)
-        if begin is not None and begin > (now or datetime.now()):
+        now = now or datetime.now()
+        if begin is not None and begin > now and not (
+                job.restarts > 0 and (begin - now).total_seconds() <= REQUEUE_DELAY_MAX_S):
             return False, f"begin time {job.begin_time} not reached"
     try:
         user_hold = job.request().user_hold
@@ -350,6 +361,7 @@ class SlurmNode:
     node_addr: str = ""
     comment: str = ""
     extra: str = ""
+    slurmd_start: str = ""            # SlurmdStartTime, local time, "" if none
 
     @property
     def base_state(self) -> str:
@@ -419,6 +431,8 @@ def parse_node_line(line: str) -> SlurmNode | None:
         reason_user=reason_user,
         reason_time=reason_time,
         gres="" if head.get("Gres") in (None, "(null)") else head["Gres"],
+        slurmd_start="" if head.get("SlurmdStartTime") in (None, "None", "Unknown")
+        else head["SlurmdStartTime"],
         features=_split_list(head.get("AvailableFeatures")),
         active_features=_split_list(head.get("ActiveFeatures")),
         partitions=_split_list(head.get("Partitions")),

@@ -1141,7 +1141,9 @@ def _job(name: str, breq: BridgeRequest, config: BridgeConfig, job_id: int, arra
         "completionMode": "Indexed",
         "completions": breq.nodes,
         "parallelism": breq.nodes,
-        "backoffLimit": 0,
+        # One failed pod fails its index only: the other pods keep running until their
+        # slurmd have told Slurm the run ended (the daemon then removes the Job).
+        "backoffLimitPerIndex": 0,
         "template": {
             "metadata": {"labels": dict(labels), "annotations": pod_annotations},
             "spec": _pod_spec(name, breq, config, job_id, array_task_id, selector),

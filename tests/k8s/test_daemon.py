@@ -415,41 +415,51 @@ def test_g_deleted_pod_requeues_the_running_job(env: Env) -> None:
             fh.seek(offset)
             return fh.read().decode(errors="replace")
 
-    # The bridge sets the job's nodes down with the reason (the deleted pod, or the Job
-    # the Job controller failed because of it) and requeues the job held. The new gang can
-    # follow within a second or two (fresh pods, same hostnames: the nodes return to
-    # service when their new slurmd registers), so the DOWN state may be brief;
-    # slurmctld's log keeps the record of it.
-    def downed() -> bool:
-        text = since_delete()
-        return all(f"update_node: node {name}-{i} reason set to: k8s: " in text
-                   and f"update_node: node {name}-{i} state set to DOWN" in text
-                   for i in (0, 1))
-    env.wait(downed, 30, f"the nodes of {name} set down with a k8s: reason")
+    # The bridge sets the deleted pod's node -- only that one -- down with the reason;
+    # Slurm requeues the job; the surviving pod's slurmd reports the end of the run, which
+    # lets Slurm release the old allocation; the bridge holds the job, replaces the gang
+    # and releases it onto the new pods at once. The new pods reuse the hostnames, so the
+    # DOWN state may be brief; slurmctld's log keeps the record of it.
+    index = int(victim[len(name) + 1:].split("-")[0])
+    lost_node, survivor = f"{name}-{index}", f"{name}-{1 - index}"
+    env.wait(lambda: f"update_node: node {lost_node} reason set to: k8s: pod " in since_delete()
+             and f"update_node: node {lost_node} state set to DOWN" in since_delete(), 30,
+             f"node {lost_node} set down with a k8s: reason")
     requeued = env.wait(lambda: (j := {x.job_id: x for x in env.slurm.bridged_jobs()}.get(job))
                         and j.restarts >= 1 and j, 30, f"job {job} requeued")
-    env.wait(lambda: "setting comment to k8s: requeued: " in since_delete(), 10,
-             "the requeue comment")
     assert requeued.requeue
+    env.wait(lambda: "setting comment to k8s: requeuing: pod " in since_delete(), 10,
+             "the requeue comment")
     seen: set[str] = set()
 
     def finished() -> bool:
         seen.update(p.metadata.uid for p in env.pods(name) if p.metadata.uid not in first)
         return env.state(job) in FINISHED
-    env.wait(finished, 300, f"job {job} finished after the requeue")
+    env.wait(finished, 180, f"job {job} finished after the requeue")
     state, comment = env.state(job), env.comment(job)
-    if state == "COMPLETED":
-        # requeued, then run again on a new gang
-        env.ensure(len(seen) == 2, f"new pods that ran it again: {seen}")
-        out = [w for w in out_file.read_text().split() if w != "started"]
-        env.ensure(sorted(out) == [f"{name}-0", f"{name}-1"], f"output {out}")
-        print(f"\ntest g: job {job} requeued and completed on new pods")
-    else:
-        # Slurm 22.05 cannot finish the requeue of a job whose nodes all lost their slurmd
-        # (it keeps the old allocation): the bridge ends it with the reason instead.
-        env.ensure(state == "CANCELLED" and comment.startswith("k8s: failed: ")
-                   and "requeu" in comment, f"job {job}: {state} ({comment})")
-        print(f"\ntest g: job {job} ended {state}: {comment}")
+    env.ensure(state == "COMPLETED", f"job {job}: {state} ({comment})")
+    env.ensure(f"update_node: node {survivor} state set to DOWN" not in since_delete(),
+               f"the surviving pod's node {survivor} was set down too")
+    env.ensure(len(seen) == 2, f"new pods that ran it again: {seen}")
+    out = [w for w in out_file.read_text().split() if w != "started"]
+    env.ensure(sorted(out) == [f"{name}-0", f"{name}-1"], f"output {out}")
+    env.wait_all_clean([job])
+
+
+def test_g2_deleting_the_kubernetes_job_of_a_running_job_requeues_it(env: Env) -> None:
+    job = env.submit(*GANG1, "-o", "g2-%j.txt", "--wrap", "echo started; sleep 20; srun hostname")
+    name = f"{CLUSTER_NAME}-{job}"
+    out_file = env.cluster.jobs_dir / f"g2-{job}.txt"
+    env.wait_state(job, {"RUNNING"}, 60)
+    env.wait(lambda: out_file.exists() and "started" in out_file.read_text(), 30,
+             "the batch script to start")
+    client.BatchV1Api(env.admin).delete_namespaced_job(
+        name, JOBS_NS, propagation_policy="Background")
+    env.wait(lambda: (j := {x.job_id: x for x in env.slurm.bridged_jobs()}.get(job))
+             and j.restarts >= 1, 30, f"job {job} requeued")
+    env.wait(lambda: env.state(job) in FINISHED, 180, f"job {job} finished after the requeue")
+    env.ensure(env.state(job) == "COMPLETED", f"job {job}: {env.state(job)} ({env.comment(job)})")
+    env.ensure(out_file.read_text().split()[-1] == f"{name}-0", out_file.read_text())
     env.wait_all_clean([job])
 
 

@@ -9,10 +9,10 @@ from slurm_k8s_bridge.reconcile import (
     DeleteNodes,
     Gang,
     GangKey,
+    HoldJob,
     NodesDown,
     PinAndRelease,
     PodInfo,
-    RequeueHeld,
     SetComment,
     World,
     plan,
@@ -89,31 +89,88 @@ def test_a_pod_failing_before_start_recreates_the_gang():
     assert "PinAndRelease" not in kinds(p)
 
 
-def test_running_job_losing_a_pod_is_requeued_held_with_nodes_down_and_objects_deleted():
+UP = {"slurm-101-0": "ALLOCATED", "slurm-101-1": "ALLOCATED"}
+
+
+def test_running_job_losing_a_pod_gets_only_that_node_down_and_keeps_the_survivors():
     g = gang(pods=[pod(0), pod(1, phase="Failed", failed=True, problem="OOMKilled")])
     running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0", "slurm-101-1"))
-    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes={}))
-    assert kinds(p)[:3] == ["RequeueHeld", "NodesDown", "DeleteGang"]
-    assert isinstance(p.actions[0], RequeueHeld) and "OOMKilled" in p.actions[0].why
-    down = p.actions[1]
-    assert isinstance(down, NodesDown) and down.why.startswith("k8s: pod slurm-101-1-x")
+    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes=UP))
+    assert kinds(p) == ["NodesDown", "SetComment"]
+    down = p.actions[0]
+    assert isinstance(down, NodesDown) and down.nodes == ("slurm-101-1",)
+    assert down.why == "k8s: pod slurm-101-1-x: OOMKilled"
+    assert p.actions[1].text == "k8s: requeuing: pod slurm-101-1-x: OOMKilled"
+
+
+def test_a_vanished_pod_counts_as_lost_and_a_node_already_down_is_not_set_again():
+    g = gang(pods=[pod(0)], failed_pods=1, failed_indexes="1")
+    running = job(K1, state="COMPLETING", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes=UP))
+    assert [a.nodes for a in p.actions if isinstance(a, NodesDown)] == [("slurm-101-1",)]
+    p = plan(World(jobs=[running], gangs={K1: g},
+                   slurm_nodes={**UP, "slurm-101-1": "DOWN+DYNAMIC_NORM"}))
+    assert "NodesDown" not in kinds(p) and "DeleteGang" not in kinds(p)
 
 
 def test_running_job_that_may_not_requeue_only_gets_its_nodes_down():
     running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0",), requeue=False)
-    p = plan(World(jobs=[running], gangs={}, slurm_nodes={}))
-    assert kinds(p)[:1] == ["NodesDown"]
-    assert "RequeueHeld" not in kinds(p)
+    p = plan(World(jobs=[running], gangs={}, slurm_nodes={"slurm-101-0": "ALLOCATED"}))
+    assert kinds(p) == ["NodesDown", "SetComment"]
     assert p.actions[0].why == "k8s: its Kubernetes Job was deleted"
+    assert p.actions[1].text == "k8s: failed: its Kubernetes Job was deleted"
 
 
 def test_lost_kubernetes_node_counts_as_a_failed_pod():
     g = gang(pods=[pod(0), pod(1)])
     running = job(K1, state="RUNNING", held=False, nodes=("slurm-101-0", "slurm-101-1"))
-    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes={},
+    p = plan(World(jobs=[running], gangs={K1: g}, slurm_nodes=UP,
                    lost_k8s_nodes=frozenset({"gpu-1"})))
-    assert "RequeueHeld" in kinds(p)
+    assert kinds(p)[0] == "NodesDown" and p.actions[0].nodes == ("slurm-101-1",)
     assert "Kubernetes node gpu-1 lost" in p.actions[0].why
+
+
+def test_requeue_in_progress_is_held_and_waits_for_the_survivors_slurmd():
+    g = gang(pods=[pod(0)], failed_pods=1)
+    requeuing = job(K1, held=False, nodes=("slurm-101-0", "slurm-101-1"), restarts=1,
+                    comment="k8s: requeuing: pod for slurm-101-1 deleted")
+    p = plan(World(jobs=[requeuing], gangs={K1: g},
+                   slurm_nodes={"slurm-101-0": "IDLE+COMPLETING", "slurm-101-1": "DOWN"}))
+    assert kinds(p) == ["HoldJob", "SetComment"]
+    assert p.actions[1].text == ("k8s: requeuing: waiting for slurmd on slurm-101-0 to end "
+                                 "the previous run")
+
+
+def test_requeued_job_is_held_then_its_old_gang_replaced_and_released_at_once():
+    g = gang(pods=[pod(0)], failed_pods=1, failed_indexes="1")
+    requeued = job(K1, held=False, restarts=1)
+    p = plan(World(jobs=[requeued], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["HoldJob"]
+    held = job(K1, restarts=1)
+    p = plan(World(jobs=[held], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["DeleteGang", "SetComment"]
+    assert "1 pod(s) of Kubernetes Job slurm-101 failed (index 1)" in p.actions[0].why
+    fresh = gang(pods=[pod(0), pod(1)])
+    p = plan(World(jobs=[held], gangs={K1: fresh},
+                   slurm_nodes={"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}))
+    release = [a for a in p.actions if isinstance(a, PinAndRelease)]
+    assert release and release[0].start_now
+
+
+def test_a_job_released_by_someone_else_without_pods_is_held_again():
+    p = plan(World(jobs=[job(K1, held=False)], gangs={}, slurm_nodes={}))
+    assert kinds(p) == ["HoldJob"]
+    assert p.actions[0].why == "released without Kubernetes pods"
+
+
+def test_released_job_with_healthy_pods_is_left_to_slurm():
+    g = gang(pods=[pod(0), pod(1)])
+    p = plan(World(jobs=[job(K1, held=False)], gangs={K1: g},
+                   slurm_nodes={"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}))
+    assert p.actions == []
+    first = [a for a in plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={
+        "slurm-101-0": "IDLE", "slurm-101-1": "IDLE"})).actions if isinstance(a, PinAndRelease)]
+    assert first and not first[0].start_now
 
 
 def test_finished_jobs_leave_nothing_behind():
@@ -155,14 +212,32 @@ def test_unchanged_comment_is_not_rewritten():
 
 
 def test_pending_job_still_holding_its_old_allocation_is_ended_with_the_reason():
-    """22.05 never finishes a requeue whose nodes went down: the job stays PENDING with
-    its old NodeList and would fail on new pods; the bridge ends it, saying why."""
+    """22.05 never finishes a requeue when every node went down: the job stays PENDING
+    with its old NodeList and would fail on new pods; the bridge ends it, saying why."""
     from slurm_k8s_bridge.reconcile import FailJob
 
     g = gang(pods=[pod(0)])
     stale = job(K1, nodes=("slurm-101-0", "slurm-101-1"),
-                comment="k8s: requeued: pod slurm-101-1-x: deleted")
-    p = plan(World(jobs=[stale], gangs={K1: g}, slurm_nodes={}))
+                comment="k8s: requeuing: its Kubernetes Job was deleted")
+    p = plan(World(jobs=[stale], gangs={K1: g},
+                   slurm_nodes={"slurm-101-0": "DOWN", "slurm-101-1": "DOWN+DYNAMIC_NORM"}))
     assert kinds(p) == ["DeleteGang", "FailJob"]
     fail = p.actions[1]
-    assert isinstance(fail, FailJob) and fail.why.endswith("(pod slurm-101-1-x: deleted)")
+    assert isinstance(fail, FailJob) and fail.why.endswith("(its Kubernetes Job was deleted)")
+
+
+def test_a_slurmd_older_than_its_pod_is_not_taken_as_registered():
+    """A requeued job's new pods reuse the hostnames: the old run's slurmd still shows the
+    node IDLE for a moment, and releasing onto it fails ("Job credential revoked")."""
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 11, 23, 7, 56, 1, 500000, tzinfo=timezone.utc)
+    g = gang(pods=[pod(0, started=t0), pod(1, started=t0)])
+    nodes = {"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}
+    stale = {"slurm-101-0": t0 + timedelta(seconds=1), "slurm-101-1": t0 - timedelta(seconds=9)}
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes=nodes, slurmd_started=stale))
+    assert "PinAndRelease" not in kinds(p)
+    assert p.actions[-1].text == "k8s: 1/2 Slurm nodes registered"
+    same_second = {**stale, "slurm-101-1": t0.replace(microsecond=0)}
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes=nodes, slurmd_started=same_second))
+    assert "PinAndRelease" in kinds(p)

@@ -61,7 +61,7 @@ def test_indexed_job(job_objects: list[dict[str, Any]]) -> None:
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 2
-    assert spec["backoffLimit"] == 0
+    assert spec["backoffLimitPerIndex"] == 0 and "backoffLimit" not in spec
     assert spec["activeDeadlineSeconds"] == 90 * 60 + 300
     assert "suspend" not in spec
     pod = pod_spec(job)
