@@ -345,6 +345,7 @@ class BridgeDaemon:
         self.slurm = slurm
         self.kube = kube
         self.max_admitting = max_admitting
+        self._finished_since: dict[GangKey, float] = {}   # monotonic time first seen ended
         self.poll_interval = poll_interval
         self.metrics = DaemonMetrics()
         self._records: dict[GangKey, SlurmJob] = {}
@@ -373,9 +374,13 @@ class BridgeDaemon:
                 phase = "finished" if job.state in FINISHED else "running"
             phases[phase] += 1
         self.metrics.jobs_by_phase = phases
+        now = time.monotonic()
+        ended = {job.key for job in jobs if job.state in FINISHED}
+        self._finished_since = {key: self._finished_since.get(key, now) for key in ended}
         started = {name: t for name in nodes
                    if (t := _slurm_time(self._slurm_nodes[name].slurmd_start)) is not None}
         return World(jobs=jobs, gangs=gangs, slurm_nodes=nodes, slurmd_started=started,
+                     finished_for={k: now - t for k, t in self._finished_since.items()},
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()))
 
     # -- act --

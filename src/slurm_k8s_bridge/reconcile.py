@@ -99,6 +99,7 @@ class World:
     slurm_nodes: Mapping[str, str]    # dynamic node name -> state (e.g. IDLE, ALLOCATED, DOWN)
     lost_k8s_nodes: frozenset[str] = frozenset()   # Kubernetes nodes NotReady or gone
     slurmd_started: Mapping[str, datetime] = field(default_factory=dict)  # SlurmdStartTime
+    finished_for: Mapping[GangKey, float] = field(default_factory=dict)  # seconds seen ended
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -256,8 +257,17 @@ def _lost_hosts(job: BridgedJob, gang: Gang | None, world: World) -> tuple[tuple
     return hosts, lost[hosts[0]]
 
 
-def plan(world: World, max_admitting: int = 8) -> Plan:
-    """Every action needed now; ``max_admitting`` caps gangs created but not yet released."""
+#: slurmctld writes its state at most every 5 s (22.05 SAVE_MAX_WAIT). A job that ended
+#: less than this long ago can come back as RUNNING if slurmctld is killed now; its pods
+#: and nodes are kept that long so that Slurm then finds them (and requeues or ends the
+#: job itself) instead of a job whose nodes are gone. ``scancel`` does not wait.
+FINISH_GRACE_S = 7.0
+
+
+def plan(world: World, max_admitting: int = 8, finish_grace: float = FINISH_GRACE_S) -> Plan:
+    """Every action needed now; ``max_admitting`` caps gangs created but not yet released;
+    a finished job's objects go once it has been seen finished ``finish_grace`` seconds
+    (at once when cancelled, or when ``world.finished_for`` does not know it)."""
     out = Plan()
     seen: set[GangKey] = set()
     pending_new: list[BridgedJob] = []
@@ -265,6 +275,9 @@ def plan(world: World, max_admitting: int = 8) -> Plan:
         seen.add(job.key)
         gang = world.gangs.get(job.key)
         if job.state in FINISHED:
+            if job.state != "CANCELLED" and \
+                    world.finished_for.get(job.key, finish_grace) < finish_grace:
+                continue
             if gang is not None:
                 out.add(DeleteGang(job.key, gang.namespace, gang.name,
                                    f"Slurm job {job.key.slurm_id} {job.state}"))

@@ -241,3 +241,16 @@ def test_a_slurmd_older_than_its_pod_is_not_taken_as_registered():
     same_second = {**stale, "slurm-101-1": t0.replace(microsecond=0)}
     p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes=nodes, slurmd_started=same_second))
     assert "PinAndRelease" in kinds(p)
+
+
+def test_a_finished_job_keeps_its_pods_one_state_save_interval_unless_cancelled():
+    g = gang(pods=[pod(0), pod(1)])
+    nodes = {"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}
+    done = job(K1, state="COMPLETED", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[done], gangs={K1: g}, slurm_nodes=nodes, finished_for={K1: 2.0}))
+    assert p.actions == []
+    p = plan(World(jobs=[done], gangs={K1: g}, slurm_nodes=nodes, finished_for={K1: 7.5}))
+    assert kinds(p) == ["DeleteGang", "DeleteNodes"]
+    cancelled = job(K1, state="CANCELLED", held=False, nodes=("slurm-101-0", "slurm-101-1"))
+    p = plan(World(jobs=[cancelled], gangs={K1: g}, slurm_nodes=nodes, finished_for={K1: 0.0}))
+    assert kinds(p) == ["DeleteGang", "DeleteNodes"]

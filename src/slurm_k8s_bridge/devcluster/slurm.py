@@ -45,6 +45,12 @@ SLURM_PACKAGES = [
 REQUIRED_PROGRAMS = ["slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo",
                      "munged", "munge", "unmunge", "ip", "nsenter", "unshare", "runuser"]
 SLURM_HEADER = Path("/usr/include/slurm/slurm.h")
+#: What the optional accounting mode needs (``LocalSlurmCluster(accounting=True)``): Debian's
+#: slurmdbd with its MySQL plugin, and MariaDB's server and client binaries without the
+#: service packaging (no system-wide database is created or started).
+ACCOUNTING_PACKAGES = ["slurmdbd", "slurm-wlm-mysql-plugin", "mariadb-server-core",
+                       "mariadb-client-core"]
+ACCOUNTING_PROGRAMS = ["slurmdbd", "sacctmgr", "mariadbd", "mariadb-install-db", "mariadb"]
 LOCK_DIR = Path("/run/slurm-k8s-bridge-devcluster")
 AUTO_SUBNETS = range(100, 200)
 
@@ -58,6 +64,11 @@ _TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
 
 class ClusterError(RuntimeError):
     """The local cluster could not be set up, or a command against it failed."""
+
+
+class AccountingUnavailable(ClusterError):
+    """The accounting mode's MariaDB or slurmdbd could not be installed or started here
+    (the message says which, with its log)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,6 +101,49 @@ def ensure_slurm_packages(timeout: float = 900) -> None:
         raise ClusterError(
             f"apt-get install {' '.join(SLURM_PACKAGES)} failed (rc={res.returncode}); "
             f"still missing: {', '.join(missing) or 'nothing'}\n{res.stderr[-2000:]}")
+
+
+def _missing_accounting() -> list[str]:
+    missing = [p for p in ACCOUNTING_PROGRAMS if shutil.which(p) is None
+               and not Path("/usr/sbin", p).exists()]
+    if not (DEBIAN_PLUGIN_DIR / "accounting_storage_mysql.so").exists():
+        missing.append(str(DEBIAN_PLUGIN_DIR / "accounting_storage_mysql.so"))
+    return missing
+
+
+def ensure_accounting_packages(timeout: float = 900) -> None:
+    """Install slurmdbd and MariaDB (``ACCOUNTING_PACKAGES``) when something is missing.
+
+    Only the binaries are needed: the harness runs its own mariadbd and slurmdbd under
+    the cluster's ``base_dir``. A package's own service start (slurmdbd's) is left to the
+    machine's policy (``policy-rc.d``); nothing of it is used.
+    """
+    missing = _missing_accounting()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ClusterError(f"missing {', '.join(missing)} and not root: cannot apt-get install")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *ACCOUNTING_PACKAGES]
+    res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if res.returncode != 0:
+        subprocess.run(["apt-get", "update"], check=False, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+        res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    missing = _missing_accounting()
+    if res.returncode != 0 or missing:
+        raise ClusterError(
+            f"apt-get install {' '.join(ACCOUNTING_PACKAGES)} failed (rc={res.returncode}); "
+            f"still missing: {', '.join(missing) or 'nothing'}\n{res.stderr[-2000:]}")
+
+
+def _free_tcp_port() -> int:
+    """A port nothing listens on now (the kernel's pick on 127.0.0.1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 _FREE_TEXT_KEYS = ("AdminComment", "SystemComment", "Comment")
@@ -293,6 +347,8 @@ class LocalSlurmCluster:
         debug: str = "info",
         command_timeout: float = 30.0,
         install_packages: bool = True,
+        accounting: bool = False,
+        accounting_enforce: str = "associations,limits,qos",
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
         self.cluster_name = cluster_name
@@ -321,6 +377,16 @@ class LocalSlurmCluster:
         self.debug = debug
         self.command_timeout = command_timeout
         self.install_packages = install_packages
+        #: Accounting mode: a private MariaDB and slurmdbd (see ``enable_accounting``).
+        self.accounting = accounting
+        self.accounting_enforce = accounting_enforce
+        self.db_dir = self.base_dir / "db"
+        self.mysql_socket = self.base_dir / "run" / "mariadbd.sock"
+        self.mysql_port = 0
+        self.slurmdbd_port = 0
+        self._db_password = ""
+        #: Seconds each accounting step took in ``start`` (``mariadb``, ``slurmdbd``, ...).
+        self.timings: dict[str, float] = {}
 
         # layout
         self.etc_dir = self.base_dir / "etc"
@@ -429,6 +495,14 @@ class LocalSlurmCluster:
             # extra_conf SchedulerParameters= line.
             ("SchedulerParameters", "batch_sched_delay=0"),
         ]
+        if self.accounting:
+            defaults = [kv for kv in defaults if kv[0] != "AccountingStorageType"] + [
+                ("AccountingStorageType", "accounting_storage/slurmdbd"),
+                ("AccountingStorageHost", "127.0.0.1"),
+                ("AccountingStoragePort", str(self.slurmdbd_port)),
+                ("AccountingStorageEnforce", self.accounting_enforce),
+                ("AccountingStorageTRES", "gres/gpu"),
+            ]
         overrides: dict[str, str] = {}
         repeated: list[str] = []
         for line in self.extra_conf:
@@ -467,6 +541,29 @@ class LocalSlurmCluster:
         lines += self.gres_conf_lines
         return "\n".join(lines) + "\n"
 
+    def slurmdbd_conf_text(self) -> str:
+        """slurmdbd.conf of the accounting mode: MariaDB on 127.0.0.1, munge of the cluster."""
+        plugin_dir = ":".join([str(p) for p in self.plugin_dirs] + [str(DEBIAN_PLUGIN_DIR)])
+        return "\n".join([
+            "# generated by slurm_k8s_bridge.devcluster; do not edit",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"DbdHost={self.controller_host}",
+            "DbdAddr=127.0.0.1",
+            f"DbdPort={self.slurmdbd_port}",
+            "SlurmUser=root",
+            f"PluginDir={plugin_dir}",
+            f"PidFile={self.run_dir / 'slurmdbd.pid'}",
+            f"LogFile={self.log_dir / 'slurmdbd.log'}",
+            f"DebugLevel={self.debug}",
+            "StorageType=accounting_storage/mysql",
+            "StorageHost=127.0.0.1",
+            f"StoragePort={self.mysql_port}",
+            "StorageUser=slurm",
+            f"StoragePass={self._db_password}",
+            "StorageLoc=slurm_acct_db",
+        ]) + "\n"
+
     def _write_files(self) -> None:
         for d in (self.etc_dir, self.state_dir, self.spool_dir, self.log_dir,
                   self.run_dir, self.dev_dir):
@@ -477,7 +574,18 @@ class LocalSlurmCluster:
         os.chmod(self.jobs_dir, 0o1777)
         (self.jobs_dir / "scripts").mkdir(exist_ok=True)
         os.chmod(self.jobs_dir / "scripts", 0o755)
+        if self.accounting and not self.slurmdbd_port:
+            self.mysql_port, self.slurmdbd_port = _free_tcp_port(), _free_tcp_port()
+            while self.slurmdbd_port == self.mysql_port:
+                self.slurmdbd_port = _free_tcp_port()
+            self._db_password = os.urandom(12).hex()
         self.conf_path.write_text(self.slurm_conf_text())
+        if self.accounting:
+            dbd_conf = self.etc_dir / "slurmdbd.conf"
+            fd = os.open(dbd_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.slurmdbd_conf_text())
+            os.chmod(dbd_conf, 0o600)  # slurmdbd refuses a readable one (it holds a password)
         (self.etc_dir / "gres.conf").write_text(self.gres_conf_text())
         (self.etc_dir / "plugstack.conf").write_text(
             "\n".join(["# generated by slurm_k8s_bridge.devcluster", *self.plugstack_lines]) + "\n")
@@ -649,6 +757,111 @@ class LocalSlurmCluster:
                              capture_output=True, timeout=10)
         if enc.returncode or dec.returncode or b"Success" not in dec.stdout:
             raise ClusterError(f"munge round trip failed: {enc.stderr!r} {dec.stderr!r}")
+
+    # ------------------------------------------------------------------ accounting
+
+    def enable_accounting(self, enforce: str = "associations,limits,qos") -> None:
+        """Turn the accounting mode on before ``start`` (for clusters built by a factory
+        such as ``make_bridge_cluster``): a private MariaDB (datadir ``base_dir/db``,
+        socket in ``base_dir/run``, a free port on 127.0.0.1) and slurmdbd (a free port),
+        ``AccountingStorageType=accounting_storage/slurmdbd``,
+        ``AccountingStorageEnforce=<enforce>`` and ``AccountingStorageTRES=gres/gpu``
+        in slurm.conf, and the cluster added with sacctmgr before slurmctld starts. Users
+        other than root need an association (``sacctmgr add user ...``) to submit."""
+        if self._procs:
+            raise ClusterError("enable_accounting() must come before start()")
+        self.accounting = True
+        self.accounting_enforce = enforce
+
+    def _mariadb(self, sql: str, timeout: float = 10) -> subprocess.CompletedProcess:
+        return subprocess.run(["mariadb", "--no-defaults", f"--socket={self.mysql_socket}",
+                               "-u", "root", "-e", sql], check=False, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def _start_mariadb(self, timeout: float) -> None:
+        started = time.monotonic()
+        if not (self.db_dir / "mysql").is_dir():
+            self.db_dir.mkdir(parents=True, exist_ok=True)
+            res = subprocess.run(
+                ["mariadb-install-db", "--no-defaults", f"--datadir={self.db_dir}",
+                 "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
+                check=False, capture_output=True, text=True, timeout=max(30, timeout))
+            (self.log_dir / "mariadb-install-db.log").write_text(res.stdout + res.stderr)
+            if res.returncode != 0:
+                raise AccountingUnavailable(
+                    f"mariadb-install-db --datadir={self.db_dir} failed (rc={res.returncode}):"
+                    f" {(res.stderr or res.stdout).strip()[-1500:]}")
+        self.timings["mariadb_install_db"] = time.monotonic() - started
+        self.mysql_socket.unlink(missing_ok=True)
+        # Only what a test database needs: loopback TCP on its own port, its own socket,
+        # small buffers, no binary log, no fsync per commit (nothing here must survive a
+        # machine crash).
+        proc = self._popen("mariadbd", [
+            "mariadbd", "--no-defaults", f"--datadir={self.db_dir}",
+            f"--socket={self.mysql_socket}", f"--port={self.mysql_port}",
+            "--bind-address=127.0.0.1", "--skip-name-resolve", "--user=root",
+            f"--pid-file={self.run_dir / 'mariadbd.pid'}",
+            f"--log-error={self.log_dir / 'mariadbd.log'}",
+            "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+            "--skip-log-bin", "--max-connections=50"])
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AccountingUnavailable(
+                    f"mariadbd exited rc={proc.returncode}:\n"
+                    + _tail(self.log_dir / "mariadbd.log", 20))
+            if self.mysql_socket.exists():
+                res = self._mariadb("SELECT 1")
+                if res.returncode == 0:
+                    break
+                last = res.stderr.strip()
+            time.sleep(0.1)
+        else:
+            raise AccountingUnavailable(f"mariadbd did not answer within {timeout:g}s: {last}\n"
+                                        + _tail(self.log_dir / "mariadbd.log", 20))
+        pw = self._db_password
+        res = self._mariadb(
+            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{pw}'; "
+            f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{pw}'; "
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';")
+        if res.returncode != 0:
+            raise AccountingUnavailable(f"creating the database user failed: {res.stderr.strip()}")
+        self.timings["mariadb"] = time.monotonic() - started
+
+    def _start_slurmdbd(self, timeout: float) -> None:
+        started = time.monotonic()
+        proc = self._popen("slurmdbd", ["slurmdbd", "-D"])
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AccountingUnavailable(
+                    f"slurmdbd exited rc={proc.returncode}:\n"
+                    + _tail(self.log_dir / "slurmdbd.log", 20) + "\n"
+                    + _tail(self.log_dir / "slurmdbd.out", 10))
+            res = self.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
+                           timeout=10)
+            last = (res.stderr or res.stdout).strip()
+            if res.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AccountingUnavailable(f"slurmdbd did not answer within {timeout:g}s: {last}\n"
+                                        + _tail(self.log_dir / "slurmdbd.log", 20))
+        self.timings["slurmdbd"] = time.monotonic() - started
+        if self.cluster_name not in res.stdout.split():
+            self.sacctmgr("add", "cluster", self.cluster_name)
+        self.timings["add_cluster"] = time.monotonic() - started - self.timings["slurmdbd"]
+
+    def sacctmgr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``sacctmgr -i ARGS`` (no confirmation prompt) against this cluster's slurmdbd,
+        e.g. ``sacctmgr("add", "qos", "gpu1", "MaxJobsPerUser=1")``."""
+        res = self.run(["sacctmgr", "-i", *args])
+        if check and res.returncode != 0:
+            raise ClusterError(f"sacctmgr {shlex.join(args)} failed rc={res.returncode}: "
+                               f"{(res.stderr or res.stdout).strip()}")
+        return res
 
     # ------------------------------------------------------------------ network
 
@@ -837,6 +1050,14 @@ class LocalSlurmCluster:
             ensure_slurm_packages()
         elif _missing_prerequisites():
             raise ClusterError(f"missing: {', '.join(_missing_prerequisites())}")
+        if self.accounting:
+            if self.install_packages:
+                try:
+                    ensure_accounting_packages()
+                except ClusterError as exc:
+                    raise AccountingUnavailable(str(exc)) from exc
+            elif _missing_accounting():
+                raise AccountingUnavailable(f"missing: {', '.join(_missing_accounting())}")
         self._check_base_dir_access()
         deadline = time.monotonic() + timeout
         try:
@@ -844,6 +1065,9 @@ class LocalSlurmCluster:
             self._cleanup_stale()
             self._write_files()
             self._start_munged(timeout=min(15, timeout))
+            if self.accounting:
+                self._start_mariadb(timeout=max(5, min(60, deadline - time.monotonic())))
+                self._start_slurmdbd(timeout=max(5, min(60, deadline - time.monotonic())))
             self._create_bridge()
             for i in range(1, len(self.node_names) + 1):
                 self._create_netns(i)
@@ -856,6 +1080,8 @@ class LocalSlurmCluster:
             logs = self.logs(40)
             if not keep_on_failure:
                 self.stop()
+            if isinstance(exc, AccountingUnavailable):
+                raise
             if isinstance(exc, ClusterError):
                 raise ClusterError(f"{exc}\n--- logs ---\n{logs}") from exc
             if isinstance(exc, Exception):
@@ -883,6 +1109,8 @@ class LocalSlurmCluster:
         for index in list(self._netns):
             self._remove_netns_index(index)
         self._stop_proc("slurmctld", grace=grace)
+        self._stop_proc("slurmdbd", grace=grace)   # before its database
+        self._stop_proc("mariadbd", grace=grace)
         for key in list(self._procs):
             self._stop_proc(key, grace=grace)
         if self._bridge_created or (self.subnet is not None and self._lock_fd is not None
@@ -893,9 +1121,21 @@ class LocalSlurmCluster:
             self._pid_record().unlink(missing_ok=True)
         self._release_lock()
 
-    def restart_slurmctld(self, timeout: float = 60.0, wait_nodes: bool = True) -> int:
-        """Stop and start slurmctld only (state in StateSaveLocation is kept)."""
-        self._stop_proc("slurmctld")
+    def restart_slurmctld(self, timeout: float = 60.0, wait_nodes: bool = True,
+                          crash: bool = False, down_s: float = 0.0) -> int:
+        """Stop and start slurmctld only (state in StateSaveLocation is kept). ``crash``
+        kills it with SIGKILL (no state save on the way out); ``down_s`` keeps it down
+        that long before the new start."""
+        if crash:
+            proc = self._procs.pop("slurmctld", None)
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+                self._save_pids()
+        else:
+            self._stop_proc("slurmctld")
+        time.sleep(down_s)
         self._start_slurmctld(timeout=timeout)
         if wait_nodes and self.node_names:
             self.wait_nodes(states=("idle", "mix", "alloc", "drain", "drng"), timeout=timeout)
@@ -1041,10 +1281,13 @@ class LocalSlurmCluster:
 
 
 __all__ = [
+    "ACCOUNTING_PACKAGES",
     "DEBIAN_PLUGIN_DIR",
+    "AccountingUnavailable",
     "ClusterError",
     "LocalSlurmCluster",
     "NodeSpec",
+    "ensure_accounting_packages",
     "ensure_slurm_packages",
     "parse_key_values",
 ]
