@@ -41,6 +41,7 @@ import re
 import secrets
 import shutil
 import socket
+import signal
 import ssl
 import subprocess
 import time
@@ -491,6 +492,7 @@ class LocalKubeCluster:
         self.ports: dict[str, int] = {}
         self.start_seconds: float | None = None
         self._procs: dict[str, subprocess.Popen] = {}
+        self._cmds: dict[str, list[str]] = {}   # name -> command, for restart()
 
     # ------------------------------------------------------------------ naming
 
@@ -501,6 +503,11 @@ class LocalKubeCluster:
     @property
     def ca_file(self) -> Path:
         return self.pki_dir / "ca.crt"
+
+    @property
+    def ca_key_file(self) -> Path:
+        """The cluster CA's private key: signs node (kubelet) client and serving certificates."""
+        return self.pki_dir / "ca.key"
 
     def _pid_record(self) -> Path:
         return self.run_dir / "pids.json"
@@ -581,6 +588,13 @@ class LocalKubeCluster:
             for key in p.glob("*.key"):
                 os.chmod(key, 0o600)
             stamp.write_text("ok\n")
+        if not (p / "apiserver-kubelet-client.crt").exists():
+            # The apiserver's identity towards real kubelets (logs, exec); added after the
+            # first PKI layout, so made on demand for clusters created before it.
+            self._leaf("apiserver-kubelet-client",
+                       "/O=system:masters/CN=kube-apiserver-kubelet-client", "client",
+                       self._openssl_cnf())
+            os.chmod(p / "apiserver-kubelet-client.key", 0o600)
         self.admin_token = (p / "admin.token").read_text().strip() if self.token_auth else None
         if self.token_auth:
             _write_private(p / "tokens.csv",
@@ -643,6 +657,7 @@ class LocalKubeCluster:
         rec_path.unlink(missing_ok=True)
 
     def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        self._cmds[name] = list(cmd)
         cmd = [*cmd, *self.extra_args.get(name, [])]
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
@@ -655,6 +670,24 @@ class LocalKubeCluster:
         self._procs[name] = proc
         self._save_pids()
         return proc
+
+    def restart(self, name: str, down_s: float = 0.0, timeout: float = 60.0) -> int:
+        """Kill one component with SIGKILL (a crash), keep it down ``down_s`` seconds, start
+        it again with the same command line and wait until it serves. Returns its new pid."""
+        if name not in self._cmds:
+            raise KubeClusterError(f"{name} was not started by this harness")
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        time.sleep(down_s)
+        new = self._popen(name, self._cmds[name])
+        if name == "kube-apiserver":
+            wait_for(lambda: self._https_ok(f"{self.server}/readyz", client_cert=True), timeout,
+                     "kube-apiserver /readyz after restart", check=self._check_alive,
+                     interval=0.25)
+        return new.pid
 
     def _check_alive(self) -> None:
         for name, proc in self._procs.items():
@@ -717,6 +750,12 @@ class LocalKubeCluster:
             "--service-account-signing-key-file", str(p / "sa.key"),
             "--allow-privileged=true",
             "--profiling=false",
+            # Real kubelets (devcluster/kubelet.py): the apiserver reaches them at their
+            # InternalIP (node names do not resolve here) with a client certificate.
+            "--kubelet-client-certificate", str(p / "apiserver-kubelet-client.crt"),
+            "--kubelet-client-key", str(p / "apiserver-kubelet-client.key"),
+            "--kubelet-preferred-address-types",
+            "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
         ]
         if self.token_auth:
             api += ["--token-auth-file", str(p / "tokens.csv")]
