@@ -23,6 +23,29 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 		slurm-wlm-basic-plugins iproute2 lua5.3 util-linux >/dev/null
 fi
 
+# slurmdbd + MariaDB for the slurm tier's accounting mode (QOS and association limits,
+# tests/slurm/test_limits.py): binaries only, no system database or service is set up;
+# the harness runs its own mariadbd and slurmdbd under each test cluster's directory.
+need_acct=()
+for cmd in slurmdbd mariadbd mariadb-install-db mariadb; do
+	command -v "$cmd" >/dev/null 2>&1 || need_acct+=("$cmd")
+done
+[ -f /usr/lib/x86_64-linux-gnu/slurm-wlm/accounting_storage_mysql.so ] || need_acct+=(mysql-plugin)
+if [ "${#need_acct[@]}" -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "note: slurmdbd/MariaDB missing (${need_acct[*]}) and not root: the accounting tests will skip" >&2
+	else
+		echo "==> installing slurmdbd and MariaDB (missing: ${need_acct[*]})"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y -qq --no-install-recommends slurmdbd slurm-wlm-mysql-plugin \
+			mariadb-server-core mariadb-client-core >/dev/null 2>&1 || {
+			apt-get update -qq
+			apt-get install -y -qq --no-install-recommends slurmdbd slurm-wlm-mysql-plugin \
+				mariadb-server-core mariadb-client-core >/dev/null
+		}
+	fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
 	echo "==> creating .venv with $($PYTHON --version)"

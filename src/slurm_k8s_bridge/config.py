@@ -129,6 +129,9 @@ class BridgeConfig:
     allowed_priority_classes: tuple[str, ...] | None = None
     #: environment every task of a bridged job gets inside its pod (set by spank_k8s)
     task_env: Mapping[str, str] = field(default_factory=dict)
+    #: show on each mirrored node the GPUs Kubernetes-native pods hold there (the daemon
+    #: then watches pods in every namespace: deploy/rbac-native-gpu-usage.yaml)
+    native_gpu_usage: bool = False
     shapes: Mapping[str, NodeShape] = field(default_factory=dict)
     node_features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     partitions: Mapping[str, PartitionRule] = field(default_factory=dict)
@@ -213,6 +216,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> BridgeCo
         allowed_images=top.get("allowed_images", _image_prefixes, ()),
         allowed_priority_classes=top.get_optional("allowed_priority_classes", _dns_subdomain_list),
         task_env=top.get("task_env", _env_map, {}),
+        native_gpu_usage=top.get("native_gpu_usage", _bool, False),
         shapes=shapes,
         node_features=node_features,
         partitions=partitions,

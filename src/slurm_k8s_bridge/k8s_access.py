@@ -9,14 +9,18 @@
   resourceVersion) relists, any other failure backs off and watches again from the last
   resourceVersion seen. ``changed`` is set on every change, so the daemon's loop wakes up
   early; snapshots are plain dicts, exactly the API's JSON, so the daemon's logic is tested
-  with literal dicts;
+  with literal dicts. Opt-in (``watch_gpu_pods``, config ``native_gpu_usage``): the pods of
+  every namespace that are not finished (field selector), each kept only as a
+  ``mirror.GpuPod`` (namespace/name, node, phase, GPU requests, whether it is the bridge's)
+  and only while it asks for GPUs on a node;
 * **writes** that are idempotent (deterministic names; ``409 AlreadyExists`` on create means
   "already done" once the existing object is read back and proven to be the same Slurm
   job's; ``404`` on delete means "already gone"), rate-limited by a token bucket (``qps`` /
   ``burst``, as client-go) and retried with jittered exponential backoff on ``429``, ``5xx``
   and connection errors only;
 * ``ApiMetrics``: request and error counters in the Prometheus text format;
-* ``required_rbac``: the exact RBAC the daemon needs, which ``deploy/rbac.yaml`` holds.
+* ``required_rbac``: the exact RBAC the daemon needs, which ``deploy/rbac.yaml`` holds (and
+  ``deploy/rbac-native-gpu-usage.yaml``, the pods of all namespaces, when opted in).
 
 Requests go straight through the ApiClient's connection pool with its credentials
 (``configuration.auth_settings()``): bodies are sent and read as JSON, never through the
@@ -53,6 +57,7 @@ from tenacity import (
     stop_when_event_set,
 )
 
+from .mirror import UNFINISHED_PODS, GpuPod, gpu_pod
 from .translate import LABEL_PREFIX, MANAGED_BY
 
 log = logging.getLogger(__name__)
@@ -367,6 +372,8 @@ def _event_message(message: str) -> str:
 RBAC_LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "slurm-k8s-bridge",
                                   "app.kubernetes.io/component": "daemon"}
 NODES_CLUSTER_ROLE = "slurm-k8s-bridge-nodes"
+#: read-only access to the pods of every namespace (``native_gpu_usage: true`` only)
+POD_READER_CLUSTER_ROLE = "slurm-k8s-bridge-pod-reader"
 
 
 def job_namespace_rules(volcano: bool = True) -> list[dict[str, Any]]:
@@ -383,11 +390,32 @@ def job_namespace_rules(volcano: bool = True) -> list[dict[str, Any]]:
     return rules
 
 
+def native_gpu_usage_rbac(*, daemon_namespace: str = DAEMON_NAMESPACE,
+                          service_account: str = SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """What ``native_gpu_usage: true`` adds: a ClusterRole that lists and watches pods in
+    every namespace (nothing else: no get, no secrets, no writes), and its binding."""
+    labels = dict(RBAC_LABELS)
+    subject = {"kind": "ServiceAccount", "name": service_account, "namespace": daemon_namespace}
+    return [{
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": POD_READER_CLUSTER_ROLE, "labels": dict(labels)},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}],
+    }, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": POD_READER_CLUSTER_ROLE, "labels": dict(labels)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": POD_READER_CLUSTER_ROLE},
+        "subjects": [subject],
+    }]
+
+
 def required_rbac(namespaces: Sequence[str], *, daemon_namespace: str = DAEMON_NAMESPACE,
-                  service_account: str = SERVICE_ACCOUNT, volcano: bool = True) -> list[dict[str, Any]]:
+                  service_account: str = SERVICE_ACCOUNT, volcano: bool = True,
+                  native_gpu_usage: bool = False) -> list[dict[str, Any]]:
     """The RBAC objects of the daemon's least privilege: its ServiceAccount (in
     ``daemon_namespace``), a Role + RoleBinding in each job namespace, and a ClusterRole +
-    ClusterRoleBinding for reading Nodes. ``volcano``: may create PodGroups."""
+    ClusterRoleBinding for reading Nodes. ``volcano``: may create PodGroups.
+    ``native_gpu_usage`` (the configuration key): also ``native_gpu_usage_rbac``."""
     if not namespaces:
         raise ValueError("at least one job namespace is needed")
     if len(set(namespaces)) != len(namespaces):
@@ -421,6 +449,9 @@ def required_rbac(namespaces: Sequence[str], *, daemon_namespace: str = DAEMON_N
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODES_CLUSTER_ROLE},
         "subjects": [dict(subject)],
     })
+    if native_gpu_usage:
+        objects += native_gpu_usage_rbac(daemon_namespace=daemon_namespace,
+                                         service_account=service_account)
     return objects
 
 
@@ -429,6 +460,17 @@ RBAC_YAML_HEADER = """\
 # Generated from slurm_k8s_bridge.k8s_access.required_rbac(["slurm-jobs"]); a unit test
 # checks they agree. One more job namespace: copy its Role and RoleBinding.
 # The daemon runs in namespace slurm-k8s-bridge as ServiceAccount slurm-k8s-bridge.
+# With native_gpu_usage: true in the configuration, apply rbac-native-gpu-usage.yaml too.
+"""
+
+NATIVE_GPU_USAGE_RBAC_YAML_HEADER = """\
+# Only for native_gpu_usage: true (slurm-k8s-bridge configuration), on top of rbac.yaml:
+# the daemon lists and watches the pods of every namespace, to show in Slurm (the Comment
+# of each mirrored k8s-<node>) the GPUs that Kubernetes-native pods hold on each node.
+# Opt-in because it lets the daemon read every pod's spec cluster-wide (environment values
+# and commands included); it grants no get, no secrets and no writes.
+# Generated from slurm_k8s_bridge.k8s_access.native_gpu_usage_rbac(); a unit test checks
+# they agree.
 """
 
 
@@ -436,6 +478,12 @@ def render_rbac_yaml(namespaces: Sequence[str] = ("slurm-jobs",), **kwargs: Any)
     """``required_rbac`` as the multi-document YAML of deploy/rbac.yaml."""
     body = yaml.safe_dump_all(required_rbac(namespaces, **kwargs), sort_keys=False, explicit_start=True)
     return RBAC_YAML_HEADER + body
+
+
+def render_native_gpu_usage_rbac_yaml(**kwargs: Any) -> str:
+    """``native_gpu_usage_rbac`` as deploy/rbac-native-gpu-usage.yaml."""
+    body = yaml.safe_dump_all(native_gpu_usage_rbac(**kwargs), sort_keys=False, explicit_start=True)
+    return NATIVE_GPU_USAGE_RBAC_YAML_HEADER + body
 
 
 # -- the raw REST layer -----------------------------------------------------------------
@@ -721,18 +769,59 @@ class _EventStore:
         return changed
 
 
+class _GpuPodStore:
+    """``GpuPod`` records of the pods that hold GPUs on a node, by (namespace, name); any
+    other pod is dropped (a change that makes a kept pod uninteresting removes it)."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], GpuPod] = {}
+
+    def upsert(self, pod: GpuPod) -> bool:
+        if not pod.holds_gpus:
+            return self.remove(pod)
+        key = (pod.namespace, pod.name)
+        if self.items.get(key) == pod:
+            return False
+        self.items[key] = pod
+        return True
+
+    def remove(self, pod: GpuPod) -> bool:
+        return self.items.pop((pod.namespace, pod.name), None) is not None
+
+    def replace(self, namespace: str | None, pods: Sequence[GpuPod]) -> bool:
+        """Make the namespace's (or, for None, every) content exactly ``pods``."""
+        fresh = {k: v for k, v in self.items.items() if namespace is not None and k[0] != namespace}
+        fresh.update(((p.namespace, p.name), p) for p in pods if p.holds_gpus)
+        if fresh == self.items:
+            return False
+        self.items = fresh
+        return True
+
+
 class _Reflector:
-    """List then watch one resource in one namespace (or cluster-wide) into a sink."""
+    """List then watch one resource in one namespace (or cluster-wide) into a sink.
+
+    ``field_selector``: sent with the list and the watch; ``store``: the cache it fills
+    (default: the resource's); ``shrink``: what is kept of each object (default: the
+    object); ``optional``: not waited for by ``KubeAccess.synced``."""
 
     def __init__(self, access: KubeAccess, kind: _Kind, namespace: str | None,
-                 label_selector: str | None) -> None:
+                 label_selector: str | None, *, field_selector: str | None = None,
+                 store: str | None = None, shrink: Callable[[dict[str, Any]], Any] | None = None,
+                 optional: bool = False) -> None:
         self.access = access
         self.kind = kind
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.store = store or kind.resource
+        self.shrink = shrink
+        self.optional = optional
         self.resource_version: str | None = None
         self.synced = False
         self.last_error: str | None = None
+        #: HTTP status of the last failure (403: RBAC), None after a success
+        self.last_status: int | None = None
         self._resp: Any = None
         self._resp_lock = threading.Lock()
         self._restart_from: str | None = None
@@ -742,10 +831,19 @@ class _Reflector:
 
     @property
     def where(self) -> str:
-        return f"{self.kind.resource} in {self.namespace}" if self.namespace else self.kind.resource
+        if self.namespace:
+            return f"{self.kind.resource} in {self.namespace}"
+        return f"{self.kind.resource} in all namespaces" if self.kind is POD else self.kind.resource
 
     def _query(self) -> dict[str, Any]:
-        return {"labelSelector": self.label_selector} if self.label_selector else {}
+        query = {"labelSelector": self.label_selector} if self.label_selector else {}
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        return query
+
+    def _keep(self, obj: dict[str, Any]) -> Any:
+        typed = self._typed(obj)
+        return self.shrink(typed) if self.shrink is not None else typed
 
     def _run(self) -> None:
         stop = self.access._stop
@@ -770,6 +868,7 @@ class _Reflector:
                     continue
                 failures += 1
                 self.last_error = str(exc)
+                self.last_status = exc.status if isinstance(exc, KubeApiError) else None
                 log.warning("watch of %s failed (%s); retrying", self.where, exc)
                 stop.wait(_backoff(failures))
             self._take_restart()
@@ -794,15 +893,16 @@ class _Reflector:
                 what=self.namespace or "")
             meta = reply.body.get("metadata") or {}
             version = version or meta.get("resourceVersion")
-            objects.extend(self._typed(o) for o in reply.body.get("items") or ())
+            objects.extend(self._keep(o) for o in reply.body.get("items") or ())
             token = meta.get("continue")
             if not token:
                 break
             query["continue"] = token
-        self.access._replace(self.kind, self.namespace, objects)
+        self.access._replace(self.kind, self.namespace, objects, store=self.store)
         self.access.metrics.observe_relist(self.kind.resource)
         self.resource_version = version
         self.last_error = None
+        self.last_status = None
         if not self.synced:
             self.synced = True
             self.access._notify()
@@ -829,6 +929,7 @@ class _Reflector:
             raise
         access.metrics.observe("watch", self.kind.resource, resp.status)
         self.last_error = None
+        self.last_status = None
         with self._resp_lock:
             self._resp = resp
         try:
@@ -846,7 +947,7 @@ class _Reflector:
                     raise KubeAccessError(f"watch {self.where}: {code} {obj.get('message')}")
                 version = _meta(obj).get("resourceVersion")
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    access._apply(self.kind, kind, self._typed(obj))
+                    access._apply(self.kind, kind, self._keep(obj), store=self.store)
                 if version:
                     self.resource_version = str(version)
                 if access._stop.is_set():
@@ -923,13 +1024,15 @@ class KubeAccess:
     ``api_client`` is a ``kubernetes.client.ApiClient`` (its configuration gives the server
     and the credentials: give it the daemon's ServiceAccount, see ``required_rbac``).
     ``namespaces``: the job namespaces; the bridge creates and watches objects only there.
+    ``gpu_pods``: also watch the pods of every namespace (``watch_gpu_pods``).
     Snapshot methods return the cached objects themselves: treat them as read-only.
     """
 
     def __init__(self, api_client: Any, *, cluster_name: str, namespaces: Sequence[str],
                  qps: float = 20, burst: int = 40, metrics: ApiMetrics | None = None,
                  retry: RetryPolicy | None = None, watch_timeout_seconds: int = 60,
-                 max_events: int = 5000, list_page_size: int = 500) -> None:
+                 max_events: int = 5000, list_page_size: int = 500,
+                 gpu_pods: bool = False) -> None:
         if not cluster_name:
             raise ValueError("cluster_name is required")
         if not namespaces:
@@ -954,10 +1057,15 @@ class KubeAccess:
         self._pods = _Store(index=_pod_job_name)
         self._nodes = _Store()
         self._events = _EventStore(max_events)
+        self._gpu_pods = _GpuPodStore()
+        self._watching_gpu_pods = False
+        self._gpu_pod_reflector: _Reflector | None = None
         self._our_name = re.compile(rf"^{re.escape(cluster_name)}-[0-9]")
         self._reflectors: list[_Reflector] = []
         self._volcano: tuple[float, bool] | None = None
         self._started = False
+        if gpu_pods:
+            self.watch_gpu_pods()
 
     # -- lifecycle --
 
@@ -973,6 +1081,9 @@ class KubeAccess:
             reflectors.append(_Reflector(self, POD, namespace, self.label_selector))
             reflectors.append(_Reflector(self, EVENT, namespace, None))
         reflectors.append(_Reflector(self, NODE, None, None))
+        if self._watching_gpu_pods:
+            self._gpu_pod_reflector = self._new_gpu_pod_reflector()
+            reflectors.append(self._gpu_pod_reflector)
         self._reflectors = reflectors
         self._watch_client = self._make_watch_client(len(reflectors))
         if self._watch_client is not None:
@@ -980,6 +1091,25 @@ class KubeAccess:
         for reflector in reflectors:
             reflector.thread.start()
         return self
+
+    def watch_gpu_pods(self) -> None:
+        """Also watch the pods of every namespace that are not finished, keeping of each
+        only its ``GpuPod``, and only while it holds GPUs on a node (``gpu_pods()``). Needs
+        ``native_gpu_usage_rbac``; without it the watch keeps retrying and ``gpu_pods()``
+        is None. Not waited for by ``synced()``. Idempotent; starts it now when the cache
+        is running."""
+        if self._watching_gpu_pods:
+            return
+        self._watching_gpu_pods = True
+        if self._started:
+            reflector = self._new_gpu_pod_reflector()
+            self._gpu_pod_reflector = reflector
+            self._reflectors.append(reflector)
+            reflector.thread.start()
+
+    def _new_gpu_pod_reflector(self) -> _Reflector:
+        return _Reflector(self, POD, None, None, field_selector=UNFINISHED_PODS, store="gpu_pods",
+                          shrink=partial(gpu_pod, cluster_name=self.cluster_name), optional=True)
 
     def _make_watch_client(self, watches: int) -> Any:
         """A second ApiClient, same credentials, whose pool holds one connection per watch
@@ -1022,8 +1152,8 @@ class KubeAccess:
         self.stop()
 
     def synced(self) -> bool:
-        """True once every watched resource has been listed."""
-        return bool(self._reflectors) and all(r.synced for r in self._reflectors)
+        """True once every watched resource has been listed (``watch_gpu_pods``' aside)."""
+        return bool(self._reflectors) and all(r.synced for r in self._reflectors if not r.optional)
 
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -1074,6 +1204,22 @@ class KubeAccess:
         with self._lock:
             return {name: obj for (_, name), obj in self._nodes.items.items()}
 
+    def gpu_pods(self) -> list[GpuPod] | None:
+        """Every pod (of any namespace) that holds GPUs on a node, the bridge's own
+        included (``GpuPod.bridge``). None when not known: not watched, not listed yet, or
+        the API server refuses the watch (``gpu_pods_forbidden``)."""
+        reflector = self._gpu_pod_reflector
+        if reflector is None or not reflector.synced or self.gpu_pods_forbidden():
+            return None
+        with self._lock:
+            return list(self._gpu_pods.items.values())
+
+    def gpu_pods_forbidden(self) -> bool:
+        """The API server refuses the bridge the pods of all namespaces (401/403: the RBAC
+        of ``native_gpu_usage_rbac`` is missing)."""
+        reflector = self._gpu_pod_reflector
+        return reflector is not None and reflector.last_status in (401, 403)
+
     def events_for(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
         """The latest Event of each reason about one object, oldest first."""
         with self._lock:
@@ -1088,23 +1234,25 @@ class KubeAccess:
         return (involved.get("kind") in ("Pod", "Job", "PodGroup")
                 and bool(self._our_name.match(str(involved.get("name") or ""))))
 
-    def _store(self, kind: _Kind) -> Any:
-        return {"jobs": self._jobs, "pods": self._pods, "nodes": self._nodes, "events": self._events}[kind.resource]
+    def _store(self, kind: _Kind, store: str | None = None) -> Any:
+        return {"jobs": self._jobs, "pods": self._pods, "nodes": self._nodes, "events": self._events,
+                "gpu_pods": self._gpu_pods}[store or kind.resource]
 
-    def _replace(self, kind: _Kind, namespace: str | None, objects: list[dict[str, Any]]) -> None:
+    def _replace(self, kind: _Kind, namespace: str | None, objects: list[Any],
+                 store: str | None = None) -> None:
         if kind is EVENT:
             objects = [o for o in objects if self._is_ours(o)]
         with self._lock:
-            changed = self._store(kind).replace(namespace, objects)
+            changed = self._store(kind, store).replace(namespace, objects)
         if changed:
             self._notify()
 
-    def _apply(self, kind: _Kind, change: str, obj: dict[str, Any]) -> None:
+    def _apply(self, kind: _Kind, change: str, obj: Any, store: str | None = None) -> None:
         if kind is EVENT and not self._is_ours(obj):
             return
         with self._lock:
-            store = self._store(kind)
-            changed = store.remove(obj) if change == "DELETED" else store.upsert(obj)
+            target = self._store(kind, store)
+            changed = target.remove(obj) if change == "DELETED" else target.upsert(obj)
         if changed:
             self._notify()
 
@@ -1379,6 +1527,8 @@ __all__ = [
     "event_name",
     "event_time",
     "is_retryable",
+    "native_gpu_usage_rbac",
+    "render_native_gpu_usage_rbac_yaml",
     "render_rbac_yaml",
     "required_rbac",
 ]

@@ -7,22 +7,42 @@ drained and a NotReady one as down, each with the Kubernetes reason; nodes added
 in Kubernetes appear or disappear. The mirrored nodes are never allocated: bridged jobs run
 on their pods' own dynamic nodes.
 
+With ``native_gpu_usage: true`` each mirrored node's Comment also says which
+Kubernetes-native pods (pods that are not this Slurm cluster's own jobs) hold GPUs there,
+``k8s: 3/8 GPUs held by Kubernetes pods: infer/llama-0 (2), etl/x (1)``; the daemon keeps a
+``GpuPod`` per pod of every namespace for that (``k8s_access.KubeAccess.watch_gpu_pods``).
+The mirror owns the Comment of its nodes: with the option off it is kept empty.
+
 ``desired_mirror`` and ``plan_mirror`` are pure; the daemon executes the plan.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .config import BridgeConfig, parse_memory_mb
 from .slurm_client import SlurmNode
 from .slurmconf import MIRROR_NODE_FEATURE
+from .translate import LABEL_PREFIX, MANAGED_BY
 
 MIRROR_PREFIX = "k8s-"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+CLUSTER_LABEL = LABEL_PREFIX + "cluster"
+#: phases of pods that hold nothing any more
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+#: field selector of the cluster-wide pod watch: finished pods are never sent
+UNFINISHED_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+#: longest node Comment the mirror writes (Slurm 22.05 took 2,000 characters; sinfo users
+#: read one line)
+COMMENT_LIMIT = 250
+#: the Comment while the API server refuses the bridge the pods of all namespaces
+NATIVE_USAGE_FORBIDDEN = ("k8s: GPUs held by Kubernetes pods unknown: the bridge may not list "
+                          "pods in all namespaces (deploy/rbac-native-gpu-usage.yaml)")
 
 
 @dataclass(frozen=True)
@@ -35,11 +55,13 @@ class MirrorNode:
     features: tuple[str, ...]
     state: str            # idle, drain, down
     reason: str = ""
+    #: the node's Comment: GPUs held by Kubernetes-native pods; None: leave it as it is
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
 class MirrorAction:
-    verb: str             # create, recreate, state, delete
+    verb: str             # create, recreate, state, comment, delete
     node: str
     spec: MirrorNode | None = None
 
@@ -60,10 +82,143 @@ def _count(value: Any) -> int:
         return 0
 
 
-def desired_mirror(nodes: Mapping[str, Mapping[str, Any]], config: BridgeConfig
+# -- GPUs held by pods ------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuPod:
+    """What the bridge keeps of one pod of any namespace: where it is, what GPUs it holds."""
+
+    namespace: str
+    name: str
+    node: str                           # spec.nodeName; "" while not scheduled
+    phase: str
+    gpus: tuple[tuple[str, int], ...]   # (resource, count), e.g. (("nvidia.com/gpu", 2),)
+    bridge: bool                        # a pod of this Slurm cluster's jobs
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Bound to a node, not finished, and asking for GPUs."""
+        return bool(self.node and self.gpus) and self.phase not in FINISHED_PHASES
+
+
+def _is_gpu_resource(name: str) -> bool:
+    return name == GPU_RESOURCE or name.startswith(MIG_PREFIX)
+
+
+def _gpu_requests(container: Mapping[str, Any]) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    out: dict[str, int] = {}
+    for name in (*requests, *limits):
+        if _is_gpu_resource(name) and name not in out:
+            # extended resources: the request equals the limit; a limit alone is the request
+            count = _count(requests.get(name, limits.get(name)))
+            if count > 0:
+                out[name] = count
+    return out
+
+
+def pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """The GPUs (``nvidia.com/gpu``, ``nvidia.com/mig-*``) a pod holds on its node, counted
+    as the scheduler counts them: the larger of the app containers' sum (plus sidecars:
+    init containers with ``restartPolicy: Always``) and each init container's own request
+    (plus the sidecars started before it), plus the pod's overhead."""
+    spec = pod.get("spec") or {}
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
+    for container in spec.get("initContainers") or ():
+        want = _gpu_requests(container)
+        if container.get("restartPolicy") == "Always":
+            for name, count in want.items():
+                sidecars[name] = sidecars.get(name, 0) + count
+            for name in want:
+                init_peak[name] = max(init_peak.get(name, 0), sidecars[name])
+        else:
+            for name, count in want.items():
+                init_peak[name] = max(init_peak.get(name, 0), count + sidecars.get(name, 0))
+    running = dict(sidecars)
+    for container in spec.get("containers") or ():
+        for name, count in _gpu_requests(container).items():
+            running[name] = running.get(name, 0) + count
+    overhead = {name: _count(value) for name, value in (spec.get("overhead") or {}).items()
+                if _is_gpu_resource(name)}
+    total = {name: max(running.get(name, 0), init_peak.get(name, 0)) + overhead.get(name, 0)
+             for name in (*running, *init_peak, *overhead)}
+    return {name: count for name, count in sorted(total.items()) if count > 0}
+
+
+def gpu_pod(pod: Mapping[str, Any], cluster_name: str) -> GpuPod:
+    """The ``GpuPod`` of a pod as the API returns it. ``bridge``: it carries this Slurm
+    cluster's labels (``app.kubernetes.io/managed-by=slurm-k8s-bridge`` and
+    ``slurm-k8s-bridge.io/cluster=<cluster_name>``)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return GpuPod(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
+                  node=str((pod.get("spec") or {}).get("nodeName") or ""),
+                  phase=str((pod.get("status") or {}).get("phase") or "Pending"),
+                  gpus=tuple(pod_gpu_requests(pod).items()),
+                  bridge=(labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+                          and labels.get(CLUSTER_LABEL) == cluster_name))
+
+
+def native_pods_by_node(pods: Iterable[GpuPod]) -> dict[str, list[GpuPod]]:
+    """Kubernetes-native pods holding GPUs, by Kubernetes node. The bridge's own pods are
+    left out: Slurm shows them as its jobs' dynamic nodes."""
+    out: dict[str, list[GpuPod]] = {}
+    for pod in pods:
+        if pod.holds_gpus and not pod.bridge:
+            out.setdefault(pod.node, []).append(pod)
+    return out
+
+
+def _resource_label(resource: str) -> str:
+    return "GPUs" if resource == GPU_RESOURCE else f"MIG {resource[len(MIG_PREFIX):]}"
+
+
+def _amount(pod: GpuPod) -> str:
+    return ", ".join(str(n) if r == GPU_RESOURCE else f"{n} {_resource_label(r)}"
+                     for r, n in pod.gpus)
+
+
+def usage_comment(allocatable: Mapping[str, Any], pods: Sequence[GpuPod],
+                  limit: int = COMMENT_LIMIT) -> str:
+    """``k8s: 3/8 GPUs held by Kubernetes pods: infer/llama-0 (2), etl/x (1)``: the most
+    GPUs first; pods that do not fit in ``limit`` characters are counted (``and 4
+    more``). "" when no pod holds GPUs on the node."""
+    held: dict[str, int] = {}
+    for pod in pods:
+        for resource, count in pod.gpus:
+            held[resource] = held.get(resource, 0) + count
+    if not held:
+        return ""
+    order = sorted(held, key=lambda r: (r != GPU_RESOURCE, r))
+    totals = ", ".join(f"{held[r]}/{_count(allocatable.get(r))} {_resource_label(r)}"
+                       for r in order)
+    head = f"k8s: {totals} held by Kubernetes pods: "
+    ranked = sorted(pods, key=lambda p: (-sum(n for _, n in p.gpus), p.namespace, p.name))
+    entries = [f"{p.namespace}/{p.name} ({_amount(p)})" for p in ranked]
+    text = head
+    for shown in range(len(entries), -1, -1):
+        rest = len(entries) - shown
+        listed = entries[:shown] + ([f"and {rest} more"] if rest else [])
+        text = head + ", ".join(listed)
+        if len(text) <= limit:
+            return text
+    return text[:limit]
+
+
+# -- nodes ---------------------------------------------------------------------------------
+def desired_mirror(nodes: Mapping[str, Mapping[str, Any]], config: BridgeConfig,
+                   gpu_pods: Iterable[GpuPod] | None = None, usage_unknown: str = ""
                    ) -> dict[str, MirrorNode]:
-    """What Slurm should show for the Kubernetes nodes that offer GPUs."""
-    by_product = {s.gpu_product: s for s in config.shapes.values()}
+    """What Slurm should show for the Kubernetes nodes that offer GPUs.
+
+    With ``config.native_gpu_usage`` each node's comment says what Kubernetes-native pods
+    hold there (``usage_comment``); ``gpu_pods`` None means not known (yet): the comment
+    is ``usage_unknown``, or left as it is when that is empty. Without the option the
+    comment is kept empty.
+    """
+    native = native_pods_by_node(gpu_pods) if gpu_pods is not None else {}
     out: dict[str, MirrorNode] = {}
     for k8s_name, node in nodes.items():
         meta = node.get("metadata") or {}
@@ -92,11 +247,16 @@ def desired_mirror(nodes: Mapping[str, Mapping[str, Any]], config: BridgeConfig
                       f"{ready[0].get('message', '')}").strip()
         elif spec.get("unschedulable"):
             state, reason = "drain", "k8s: cordoned (kubectl cordon / drain)"
+        comment: str | None = ""
+        if config.native_gpu_usage:
+            comment = (usage_comment(alloc, native.get(k8s_name, ())) if gpu_pods is not None
+                       else usage_unknown or None)
         memory = alloc.get("memory")
         out[slurm_name(k8s_name)] = MirrorNode(
             name=slurm_name(k8s_name), k8s_name=k8s_name, cpus=max(_cpus(alloc.get("cpu")), 1),
             memory_mb=max(parse_memory_mb(memory) if memory else 1, 1), gres=",".join(parts),
-            features=tuple(dict.fromkeys(features)), state=state, reason=reason[:200])
+            features=tuple(dict.fromkeys(features)), state=state, reason=reason[:200],
+            comment=comment)
     return out
 
 
@@ -123,13 +283,17 @@ def plan_mirror(desired: Mapping[str, MirrorNode], current: Mapping[str, SlurmNo
               or have.real_memory_mb != want.memory_mb
               or set(have.features) != set(want.features)):
             actions.append(MirrorAction("recreate", name, want))
-        elif _slurm_state(have) != want.state or (want.reason and have.reason != want.reason):
-            actions.append(MirrorAction("state", name, want))
-            continue
         else:
+            if _slurm_state(have) != want.state or (want.reason and have.reason != want.reason):
+                actions.append(MirrorAction("state", name, want))
+            if want.comment is not None and have.comment != want.comment:
+                actions.append(MirrorAction("comment", name, want))
             continue
+        # a node created (again) has no state and no comment yet
         if want.state != "idle":
             actions.append(MirrorAction("state", name, want))
+        if want.comment:
+            actions.append(MirrorAction("comment", name, want))
     for name in sorted(set(mirrored) - set(desired)):
         actions.append(MirrorAction("delete", name))
     return actions
@@ -150,3 +314,5 @@ def apply_mirror(slurm: Any, actions: Sequence[MirrorAction]) -> None:
                 slurm.set_node_state(spec.name, "idle")
             else:
                 slurm.set_node_state(spec.name, spec.state, spec.reason)
+        elif action.verb == "comment" and spec is not None:
+            slurm.set_node_comment(spec.name, spec.comment or "")

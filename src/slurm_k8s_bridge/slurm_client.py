@@ -31,12 +31,22 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Union
 
 from .devcluster.slurm import parse_key_values
+from .limits import (
+    DEMAND_FORMAT,
+    JobDemand,
+    SlurmLimits,
+    parse_accounting_config,
+    parse_assoc_mgr,
+    parse_job_demands,
+    parse_partition_qos,
+)
 from .slurm_request import SlurmJobRequest, is_stamp
 
 #: ``123`` (a job, or every remaining task of a pending array) or ``"123_4"`` (one task).
@@ -496,6 +506,8 @@ class SlurmClient:
         base["SLURM_TIME_FORMAT"] = "standard"
         self.env: dict[str, str] = base
         self.timeout = float(timeout)
+        self._accounting: tuple[str, frozenset[str]] | None = None
+        self._partition_qos: tuple[float, dict[str, str]] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -593,6 +605,45 @@ class SlurmClient:
         comments).
         """
         self.cancel(job, f"k8s-bridge: failed: {_check_text('reason', reason, empty_ok=False)}")
+
+    # ------------------------------------------------------------------ limits
+
+    def accounting_config(self, refresh: bool = False) -> tuple[str, frozenset[str]]:
+        """(AccountingStorageType, AccountingStorageEnforce words) from ``scontrol show
+        config``, read once per client (both change only with a slurmctld restart)."""
+        if self._accounting is None or refresh:
+            self._accounting = parse_accounting_config(self.scontrol("show", "config"))
+        return self._accounting
+
+    def limits(self, partition_qos_ttl: float = 60.0) -> SlurmLimits:
+        """Every QOS and association limit slurmctld enforces, with current usage.
+
+        One ``scontrol -o show assoc_mgr flags=assoc,qos`` per call (slurmctld's memory,
+        no slurmdbd round trip). Without accounting (``accounting_storage/none``) or when
+        ``AccountingStorageEnforce`` does not include ``limits`` (or ``safe``/``all``),
+        slurmctld enforces no limits: ``SlurmLimits.none()``, without running anything
+        (after the first call's ``scontrol show config``). Partition QOS (``QoS=`` of
+        ``scontrol show partition``) are re-read at most every ``partition_qos_ttl`` s.
+        """
+        kind, enforce = self.accounting_config()
+        if kind in ("", "accounting_storage/none") or \
+                not enforce & {"limits", "safe", "all"}:
+            return SlurmLimits.none()
+        text = self.scontrol("-o", "show", "assoc_mgr", "flags=assoc,qos")
+        now = time.monotonic()
+        if self._partition_qos is None or now - self._partition_qos[0] > partition_qos_ttl:
+            self._partition_qos = (now, parse_partition_qos(
+                self.scontrol("-a", "show", "partition", "-o")))
+        return parse_assoc_mgr(text, enforce, self._partition_qos[1])
+
+    def job_demands(self, states: Sequence[str] = ("PENDING",)
+                    ) -> dict[str, tuple[str, JobDemand]]:
+        """What each job counts against limits once it runs (user, account, QOS,
+        partition, requested TRES, time limit), by scontrol id (``12``, ``4_1``; every
+        task of a pending array), from squeue columns no user can write into."""
+        res = self.run(["squeue", "-r", "-h", "-a", "-t", ",".join(states),
+                        "-O", DEMAND_FORMAT])
+        return parse_job_demands(res.stdout)
 
     # ------------------------------------------------------------------ nodes
 

@@ -500,6 +500,8 @@ class LocalSlurmCluster:
                 ("AccountingStorageType", "accounting_storage/slurmdbd"),
                 ("AccountingStorageHost", "127.0.0.1"),
                 ("AccountingStoragePort", str(self.slurmdbd_port)),
+                # the munge socket for slurmdbd connections: clients ignore AuthInfo there
+                ("AccountingStoragePass", str(self.munge_socket)),
                 ("AccountingStorageEnforce", self.accounting_enforce),
                 ("AccountingStorageTRES", "gres/gpu"),
             ]
@@ -802,7 +804,8 @@ class LocalSlurmCluster:
             "--bind-address=127.0.0.1", "--skip-name-resolve", "--user=root",
             f"--pid-file={self.run_dir / 'mariadbd.pid'}",
             f"--log-error={self.log_dir / 'mariadbd.log'}",
-            "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-buffer-pool-size=128M", "--innodb-lock-wait-timeout=900",
+            "--innodb-flush-log-at-trx-commit=0",
             "--skip-log-bin", "--max-connections=50"])
         deadline = time.monotonic() + timeout
         last = ""
