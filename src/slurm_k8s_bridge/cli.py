@@ -4,7 +4,7 @@
     slurm-k8s-bridge translate [--config FILE] [--job-id N] SCRIPT [SBATCH-OPTIONS...]
     slurm-k8s-bridge manifests [--config FILE] JOBID      (from a submitted job's stamp)
     slurm-k8s-bridge run --config FILE [--kubeconfig PATH] [--metrics-port N]
-    slurm-k8s-bridge dev-cluster up|status|down [--dir DIR] [--kwok-nodes N]
+    slurm-k8s-bridge dev-cluster up|status|down [--dir DIR] [--kwok-nodes N] [--real-node]
     slurm-k8s-bridge slurm-conf [--config FILE] [--nodes-per-shape N]
     slurm-k8s-bridge config check [FILE]
 """
@@ -180,7 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_dev_cluster(args: argparse.Namespace) -> int:
     from .devcluster.dev import DevCluster
 
-    dev = DevCluster(Path(args.dir), kwok_nodes=args.kwok_nodes)
+    kwok = args.kwok_nodes if args.kwok_nodes is not None else (0 if args.real_node else 4)
+    dev = DevCluster(Path(args.dir), kwok_nodes=kwok, real_node=args.real_node,
+                     worker_image=args.worker_image)
     if args.action == "up":
         dev.up()
         return 0
@@ -251,8 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("action", choices=("up", "status", "down"))
     dc.add_argument("--dir", default="/var/tmp/slurm-k8s-bridge-dev",
                     help="where it lives (default /var/tmp/slurm-k8s-bridge-dev)")
-    dc.add_argument("--kwok-nodes", type=int, default=4,
-                    help="simulated h100 GPU nodes (default 4)")
+    dc.add_argument("--kwok-nodes", type=int, default=None,
+                    help="simulated h100 GPU nodes (default 4; 0 with --real-node: pods placed "
+                    "on a simulated node run nothing)")
+    dc.add_argument("--real-node", action="store_true",
+                    help="also start a real kubelet node (containerd, runc, CNI bridge) that "
+                    "runs the worker image, so jobs really run (build it first: "
+                    "scripts/build-images.sh)")
+    dc.add_argument("--worker-image", default="localhost/slurm-k8s-bridge-worker:bookworm",
+                    help="worker image (in podman's store) for --real-node")
     dc.set_defaults(func=cmd_dev_cluster)
 
     sc = sub.add_parser("slurm-conf", help="print the slurm.conf/gres.conf/plugstack.conf "

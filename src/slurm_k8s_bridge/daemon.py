@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Mapping
@@ -43,7 +43,8 @@ from .reconcile import (
     World,
     plan,
 )
-from .mirror import apply_mirror, desired_mirror, plan_mirror
+from .limits import admit_in_order
+from .mirror import NATIVE_USAGE_FORBIDDEN, apply_mirror, desired_mirror, plan_mirror
 from .slurm_client import SlurmClient, SlurmCommandError, SlurmJob, SlurmNode, eligible
 from .translate import normalize, render
 
@@ -171,6 +172,9 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         if terminated:
             problem = (f"{terminated.get('reason', 'Terminated')} "
                        f"(exit code {terminated.get('exitCode')})")
+            last = [ln for ln in str(terminated.get("message") or "").splitlines() if ln.strip()]
+            if last:  # the container's last words (terminationMessagePolicy)
+                problem += f": {last[-1].strip()[:160]}"
             failed = True
     if status.get("reason") in ("Evicted", "Preempting", "DeadlineExceeded", "NodeLost"):
         problem = f"{status['reason']}: {status.get('message', '')}".strip(": ")
@@ -346,12 +350,15 @@ class BridgeDaemon:
         self.kube = kube
         self.max_admitting = max_admitting
         self._finished_since: dict[GangKey, float] = {}   # monotonic time first seen ended
+        self._start_failures: dict[GangKey, int] = {}     # gangs failed before the job ran
         self.poll_interval = poll_interval
         self.metrics = DaemonMetrics()
         self._records: dict[GangKey, SlurmJob] = {}
         self._gangs: dict[GangKey, Gang] = {}
         self._slurm_nodes: dict[str, SlurmNode] = {}
         self._node_pattern = re.compile(rf"^{re.escape(config.cluster_name)}-[0-9]+(-[0-9]+)?-[0-9]+$")
+        if config.native_gpu_usage:
+            kube.watch_gpu_pods()   # the pods of every namespace, for mirror_inventory
 
     # -- observe --
     def observe(self) -> World:
@@ -365,6 +372,7 @@ class BridgeDaemon:
             if gang is not None:
                 gangs[gang.key] = gang
         self._gangs = gangs
+        jobs = self._apply_limits(jobs, gangs)
         # every phase always present: stable series for dashboards and alerts
         phases = {"waiting": 0, "admitting": 0, "running": 0, "finished": 0}
         for job in jobs:
@@ -379,9 +387,37 @@ class BridgeDaemon:
         self._finished_since = {key: self._finished_since.get(key, now) for key in ended}
         started = {name: t for name in nodes
                    if (t := _slurm_time(self._slurm_nodes[name].slurmd_start)) is not None}
+        problems = {name: self._slurm_nodes[name].reason or "drained"
+                    for name in nodes
+                    if {"DRAIN", "INVALID_REG"} & self._slurm_nodes[name].flags}
         return World(jobs=jobs, gangs=gangs, slurm_nodes=nodes, slurmd_started=started,
+                     node_problems=problems,
+                     start_failures={k: n for k, n in self._start_failures.items()
+                                     if k in {job.key for job in jobs}},
                      finished_for={k: now - t for k, t in self._finished_since.items()},
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()))
+
+    def _apply_limits(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]
+                      ) -> list[BridgedJob]:
+        """QOS and association limits, which slurmctld never evaluates for held jobs:
+        a held, otherwise eligible job without pods that would exceed one is not eligible,
+        with Slurm's reason name. Gangs being admitted count as running (limits.py)."""
+        limits = self.slurm.limits()
+        if not limits.enforced:
+            return jobs
+        demands = self.slurm.job_demands(("PENDING",))
+        admitting = [demands[j.key.slurm_id][1] for j in jobs
+                     if j.state == "PENDING" and j.key in gangs and j.key.slurm_id in demands]
+        candidates = sorted((j for j in jobs if j.state == "PENDING" and j.held and j.eligible
+                             and j.key not in gangs and j.key.slurm_id in demands),
+                            key=lambda j: j.order)
+        verdicts = {key: (ok, why) for key, ok, why in admit_in_order(
+            [(j.key, demands[j.key.slurm_id][1]) for j in candidates], limits, admitting)}
+        out = []
+        for job in jobs:
+            ok, why = verdicts.get(job.key, (True, ""))
+            out.append(job if ok else replace(job, eligible=False, wait_reason=why))
+        return out
 
     # -- act --
     def execute(self, action: Action) -> None:
@@ -404,6 +440,8 @@ class BridgeDaemon:
         elif isinstance(action, NodesDown):
             self.slurm.node_down(list(action.nodes), action.why[:200])
         elif isinstance(action, DeleteGang):
+            if action.failed_start:
+                self._start_failures[action.key] = self._start_failures.get(action.key, 0) + 1
             self._event(action.key, "Deleting", action.why)
             self.kube.delete_gang(action.namespace, action.name)
         elif isinstance(action, FailJob):
@@ -420,18 +458,27 @@ class BridgeDaemon:
                                   "detail": _detail(action)})
 
     def mirror_inventory(self) -> None:
-        """sinfo shows every Kubernetes GPU node: type, count, cordoned/NotReady."""
+        """sinfo shows every Kubernetes GPU node: type, count, cordoned/NotReady and, with
+        native_gpu_usage, the GPUs Kubernetes-native pods hold there (node Comment)."""
         try:
-            actions = plan_mirror(desired_mirror(self.kube.nodes(), self.config),
-                                  self._slurm_nodes)
+            gpu_pods, unknown = None, ""
+            if self.config.native_gpu_usage:
+                gpu_pods = self.kube.gpu_pods()
+                if gpu_pods is None and self.kube.gpu_pods_forbidden():
+                    unknown = NATIVE_USAGE_FORBIDDEN
+            actions = plan_mirror(desired_mirror(self.kube.nodes(), self.config, gpu_pods,
+                                                 unknown), self._slurm_nodes)
             apply_mirror(self.slurm, actions)
         except Exception as exc:
             self.metrics.reconcile_errors += 1
             LOG.error("node mirroring failed", extra={"error": str(exc)})
             return
         for action in actions:
+            spec = action.spec
             LOG.info("mirror", extra={"verb": action.verb, "node": action.node,
-                                      "state": action.spec.state if action.spec else None})
+                                      "state": spec.state if spec else None,
+                                      **({"comment": spec.comment}
+                                         if spec and action.verb == "comment" else {})})
 
     def _create(self, key: GangKey) -> None:
         record = self._records.get(key)

@@ -100,6 +100,10 @@ class World:
     lost_k8s_nodes: frozenset[str] = frozenset()   # Kubernetes nodes NotReady or gone
     slurmd_started: Mapping[str, datetime] = field(default_factory=dict)  # SlurmdStartTime
     finished_for: Mapping[GangKey, float] = field(default_factory=dict)  # seconds seen ended
+    #: dynamic nodes slurmctld registered but will not use (drained, INVALID_REG): why
+    node_problems: Mapping[str, str] = field(default_factory=dict)
+    #: gangs of a pending job replaced because their pods failed before it started
+    start_failures: Mapping[GangKey, int] = field(default_factory=dict)
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -114,6 +118,7 @@ class DeleteGang:
     namespace: str
     name: str
     why: str
+    failed_start: bool = False        # its pods failed before the job started (counted)
 
 
 @dataclass(frozen=True)
@@ -192,9 +197,11 @@ def _fresh(pod: PodInfo, slurmd_start: datetime | None) -> bool:
 
 
 def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str],
-                 slurmd_started: Mapping[str, datetime] | None = None) -> tuple[bool, str]:
+                 slurmd_started: Mapping[str, datetime] | None = None,
+                 node_problems: Mapping[str, str] | None = None) -> tuple[bool, str]:
     """(ready to release, what we are waiting for) for a pending job's gang."""
     slurmd_started = slurmd_started or {}
+    node_problems = node_problems or {}
     if gang.failed:
         return False, f"Kubernetes Job failed: {gang.failed}"
     if gang.waiting_admission:
@@ -213,8 +220,12 @@ def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str],
         return False, f"{running}/{gang.size} pods running: {detail}"
     registered = [p.hostname for p in pods if _alive(slurm_nodes.get(p.hostname))
                   and _fresh(p, slurmd_started.get(p.hostname))]
+    refused = [f"slurmctld refuses node {h}: {node_problems[h]}" for h in registered
+               if h in node_problems]
+    registered = [h for h in registered if h not in node_problems]
     if len(registered) < gang.size:
-        return False, f"{len(registered)}/{gang.size} Slurm nodes registered"
+        detail = f": {refused[0]}" if refused else ""
+        return False, f"{len(registered)}/{gang.size} Slurm nodes registered{detail}"
     return True, "all pods running and registered"
 
 
@@ -256,6 +267,10 @@ def _lost_hosts(job: BridgedJob, gang: Gang | None, world: World) -> tuple[tuple
     hosts = tuple(sorted(lost))
     return hosts, lost[hosts[0]]
 
+
+#: A pending job whose gang failed this many times before starting (bad image, a worker
+#: that cannot reach slurmctld, ...) is ended with the last failure instead of retried.
+MAX_START_FAILURES = 3
 
 #: slurmctld writes its state at most every 5 s (22.05 SAVE_MAX_WAIT). A job that ended
 #: less than this long ago can come back as RUNNING if slurmctld is killed now; its pods
@@ -331,10 +346,16 @@ def plan(world: World, max_admitting: int = 8, finish_grace: float = FINISH_GRAC
             continue
         out.admitting += 1
         if failure:
-            out.add(DeleteGang(job.key, gang.namespace, gang.name, failure))
-            _comment(job, out, f"replacing failed pods: {failure}")
+            tries = world.start_failures.get(job.key, 0) + 1
+            out.add(DeleteGang(job.key, gang.namespace, gang.name, failure, failed_start=True))
+            if tries >= MAX_START_FAILURES:
+                out.add(FailJob(job.key, f"its pods failed {tries} times before it could start; "
+                                         f"last: {failure}"))
+            else:
+                _comment(job, out, f"replacing failed pods: {failure}")
             continue
-        ready, status = _gang_status(gang, world.slurm_nodes, world.slurmd_started)
+        ready, status = _gang_status(gang, world.slurm_nodes, world.slurmd_started,
+                                     world.node_problems)
         if ready:
             nodes = tuple(sorted(p.hostname for p in gang.pods if not p.terminating))
             out.add(PinAndRelease(job.key, nodes, start_now=job.restarts > 0))

@@ -1216,6 +1216,8 @@ def _container(breq: BridgeRequest, config: BridgeConfig, job_id: int, array_tas
         "image": breq.image,
         "env": _env(breq, config, job_id, array_task_id),
         "ports": [{"name": "slurmd", "containerPort": config.slurmd_port, "protocol": "TCP"}],
+        # a worker that fails to start says why in its status (the daemon shows it in squeue)
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": {
             "privileged": False,

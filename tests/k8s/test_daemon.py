@@ -239,7 +239,7 @@ def env(k8s_bin_dir: Path) -> Iterator[Env]:
         for namespace in (*namespaces, DAEMON_NAMESPACE):
             kube.ensure_namespace(namespace)
         admin = kube.admin_client()
-        kube.apply_as_admin(required_rbac(namespaces))
+        kube.apply_as_admin(required_rbac(namespaces, native_gpu_usage=config.native_gpu_usage))
         sa = kube.kubeconfig_for_service_account(DAEMON_NAMESPACE, SERVICE_ACCOUNT,
                                                  base / "bridge.kubeconfig")
         e = Env(bridge=bridge, kube=kube, admin=admin, sa_kubeconfig=sa, base=base,

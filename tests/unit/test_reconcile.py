@@ -254,3 +254,29 @@ def test_a_finished_job_keeps_its_pods_one_state_save_interval_unless_cancelled(
     cancelled = job(K1, state="CANCELLED", held=False, nodes=("slurm-101-0", "slurm-101-1"))
     p = plan(World(jobs=[cancelled], gangs={K1: g}, slurm_nodes=nodes, finished_for={K1: 0.0}))
     assert kinds(p) == ["DeleteGang", "DeleteNodes"]
+
+
+def test_a_node_slurmctld_refused_is_not_released_onto_and_says_why():
+    g = gang(pods=[pod(0), pod(1)])
+    nodes = {"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}
+    why = "gres/gpu count reported lower than configured (0 < 1)"
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes=nodes,
+                   node_problems={"slurm-101-1": why}))
+    assert "PinAndRelease" not in kinds(p)
+    assert p.actions[-1].text == f"k8s: 1/2 Slurm nodes registered: slurmctld refuses node slurm-101-1: {why}"
+
+
+def test_pods_failing_before_start_are_retried_then_the_job_ends_with_the_reason():
+    from slurm_k8s_bridge.reconcile import MAX_START_FAILURES, FailJob
+
+    bad = "pod slurm-101-0-x: Error (exit code 1): slurmd: fatal: Unable to process configuration file"
+    g = gang(pods=[pod(0, phase="Failed", failed=True,
+                       problem="Error (exit code 1): slurmd: fatal: Unable to process configuration file"), pod(1)])
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={}))
+    assert kinds(p) == ["DeleteGang", "SetComment"] and p.actions[0].failed_start
+    p = plan(World(jobs=[job(K1)], gangs={K1: g}, slurm_nodes={},
+                   start_failures={K1: MAX_START_FAILURES - 1}))
+    assert kinds(p) == ["DeleteGang", "FailJob"]
+    fail = p.actions[1]
+    assert isinstance(fail, FailJob) and fail.why == (
+        f"its pods failed {MAX_START_FAILURES} times before it could start; last: {bad}")

@@ -56,6 +56,14 @@ class BridgeCluster:
         return int(proc.stdout.strip().split(";")[0])
 
 
+def _plugstack(plugin_dir: Path, config_path: Path,
+               image_spank: tuple[str, str] | None) -> list[str]:
+    here = f"{plugin_dir / 'spank_k8s.so'} config={config_path}"
+    if image_spank is None:
+        return [f"required {here}"]
+    return [f"optional {here}", f"optional {image_spank[0]} config={image_spank[1]}"]
+
+
 def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
                         config_data: Mapping[str, Any] | None = None,
                         python_path: list[str] | None = None,
@@ -63,12 +71,18 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
                         with_plugins: bool = True,
                         extra_conf: list[str] | None = None,
                         nodes_per_shape: int = 8,
-                        subnet: int | None = None) -> BridgeCluster:
+                        subnet: int | None = None,
+                        image_spank: tuple[str, str] | None = None,
+                        extra_gres_lines: list[str] | None = None) -> BridgeCluster:
     """A not-yet-started cluster under ``base_dir`` (must be world-traversable).
 
     Partition gpu holds the inventory nodes and the NodeSets ``k8spods`` (the pods'
     dynamic slurmd, Feature=k8s-pod) and ``k8snodes`` (CLOUD nodes mirroring Kubernetes
     GPU nodes, Feature=k8s-node); ``extra_conf`` lines come last and override.
+
+    ``image_spank`` = (plugin path, config path) of the SPANK plugin inside the worker
+    image, for pods on a real node: their slurmd fetch this plugstack.conf (configless), in
+    which both entries are then ``optional`` -- each side loads the one it has.
     """
     plugin_dir = base_dir / "plugins"
     config_path = base_dir / "k8s-bridge.yaml"
@@ -93,10 +107,9 @@ def make_bridge_cluster(base_dir: Path, name: str = "bridge", *,
             "PartitionName=cpu Nodes=node1,node2 State=UP",
         ],
         extra_conf=conf,
-        gres_conf_lines=inv.gres_lines,
+        gres_conf_lines=[*inv.gres_lines, *(extra_gres_lines or [])],
         plugin_dirs=[plugin_dir] if with_plugins else [],
-        plugstack_lines=[f"required {plugin_dir / 'spank_k8s.so'} config={config_path}"]
-        if with_plugins else [],
+        plugstack_lines=_plugstack(plugin_dir, config_path, image_spank) if with_plugins else [],
         slurmctld_env={"SLURM_K8S_BRIDGE_CONFIG": str(config_path),
                        "SLURM_K8S_BRIDGE_TIMINGS": str(timings_path)},
         slurmd_env=slurmd_env or {},

@@ -6,10 +6,18 @@ control plane with N KWOK GPU nodes of shape ``h100``, the daemon's namespace an
 and the bridge daemon running as its ServiceAccount. It returns when everything is ready
 and writes ``DIR/env.sh``. Run again, it starts only what is not running. ``down`` stops
 exactly what ``up`` started (by recorded pid) and nothing else.
+
+With ``real_node`` (``--real-node``) it also starts a real kubelet node (containerd, runc,
+a CNI bridge; ``devcluster/kubelet.py``) that advertises the h100 shape's ``nvidia.com/gpu``
+and runs the worker image (``containers/``, built with podman and imported), so bridged
+jobs really run: each pod runs munged and ``slurmd -Z`` against this slurmctld
+(configless, ``conf_server``), with the cluster's munge key from a Secret and the shared
+directory ``DIR/shared`` (``SLURM_K8S_SHARED_DIR``) mounted at the same path.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -28,6 +36,15 @@ from .slurm import LocalSlurmCluster, _kill_pid, _proc_starttime, read_pid_recor
 #: subnet of the dev cluster's network namespaces (tests use 100-199)
 DEV_SUBNET = 90
 DAEMON_SA = ("slurm-k8s-bridge", "slurm-k8s-bridge")  # namespace, name
+#: the worker image a real node runs (scripts/build-images.sh)
+WORKER_IMAGE = "localhost/slurm-k8s-bridge-worker:bookworm"
+MUNGE_SECRET = "slurm-munge-key"
+REAL_NODE = "real-0"
+#: the worker writes its GPUs there (File= lines, or Count= without device files); the
+#: cluster's gres.conf includes it, so the host needs the file too (empty)
+POD_GRES_CONF = Path("/etc/slurm-k8s-bridge/pod-gres.conf")
+#: where the worker image has the SPANK plugin and its configuration (containers/worker)
+IMAGE_SPANK = ("/opt/slurm-k8s-bridge/plugins/spank_k8s.so", "/etc/slurm/k8s-bridge.yaml")
 
 
 def dev_config() -> dict[str, Any]:
@@ -46,11 +63,33 @@ def _shape_nodes(config: dict[str, Any]) -> dict[str, Any]:
 
 class DevCluster:
     def __init__(self, base_dir: Path, kwok_nodes: int = 4,
-                 daemon_args: tuple[str, ...] = ()) -> None:
+                 daemon_args: tuple[str, ...] = (), real_node: bool = False,
+                 worker_image: str = WORKER_IMAGE, subnet: int = DEV_SUBNET) -> None:
         self.base = Path(base_dir).absolute()
         self.kwok_nodes = kwok_nodes
         self.daemon_args = daemon_args
+        self.real_node = real_node
+        self.worker_image = worker_image
+        self.subnet = subnet
+        self.shared_dir = self.base / "shared"
         self.config_data = dev_config()
+        if real_node:
+            handle = self._slurm_handle()
+            self.config_data.update(
+                worker_image=worker_image,
+                conf_server=f"{handle.controller_addr}:{handle.slurmctld_port}",
+                munge_key_secret=MUNGE_SECRET,
+                # the shared directory, and the directories the host's slurm.conf names
+                # for slurmd (munge socket, spool, logs, pid files): a site keeps these
+                # paths alike on every node; here the pods see the host's
+                # (PluginDir must exist there too: an empty one, the image has its own)
+                shared_mounts=[{"host_path": str(self.shared_dir)},
+                               *({"host_path": str(self.base / d)}
+                                 for d in ("munge", "spool", "log", "run")),
+                               {"host_path": str(self.base / "pod-plugins"),
+                                "path": str(self.base / "plugins"), "read_only": True}],
+                allowed_images=sorted({*(self.config_data.get("allowed_images") or []),
+                                       worker_image.rsplit(":", 1)[0]}))
         self.k8s_dir = self.base / "k8s"
         self.daemon_pid_file = self.base / "run" / "daemon.json"
         self.daemon_log = self.base / "log" / "daemon.log"
@@ -60,7 +99,10 @@ class DevCluster:
     # -- components --------------------------------------------------------------------
     def _slurm(self) -> BridgeCluster:
         return make_bridge_cluster(self.base, "dev", config_data=self.config_data,
-                                   subnet=DEV_SUBNET)
+                                   subnet=self.subnet,
+                                   image_spank=IMAGE_SPANK if self.real_node else None,
+                                   extra_gres_lines=[f"Include {POD_GRES_CONF}"]
+                                   if self.real_node else None)
 
     def _kube(self) -> LocalKubeCluster:
         return LocalKubeCluster(self.k8s_dir, kwok_nodes=self.kwok_nodes,
@@ -68,13 +110,21 @@ class DevCluster:
 
     def _slurm_handle(self) -> LocalSlurmCluster:
         """The Slurm side as recorded on disk (for status and down: builds nothing)."""
-        return LocalSlurmCluster(self.base, cluster_name="dev", subnet=DEV_SUBNET,
+        return LocalSlurmCluster(self.base, cluster_name="dev", subnet=self.subnet,
                                  install_packages=False)
+
+    def _node(self, kube: LocalKubeCluster) -> Any:
+        from .kubelet import RealNode
+        shape = _shape_nodes(self.config_data)
+        return RealNode(kube, REAL_NODE, gpus=shape["gpus"], gpu_product=shape["gpu_product"])
 
     def components(self) -> dict[str, tuple[int, bool]]:
         """Every recorded component: name -> (pid, running)."""
         out = dict(self._slurm_handle().recorded_pids())
-        out.update(self._kube().recorded_pids())
+        kube = self._kube()
+        out.update(kube.recorded_pids())
+        if self.real_node or (kube.base_dir / "nodes" / REAL_NODE).exists():
+            out.update({f"{REAL_NODE}/{k}": v for k, v in self._node(kube).recorded_pids().items()})
         out.update(read_pid_record(self.daemon_pid_file))
         return out
 
@@ -94,6 +144,10 @@ class DevCluster:
             print("slurm: already running")
         else:
             bridge = self._slurm()
+            if self.real_node and not POD_GRES_CONF.exists():
+                POD_GRES_CONF.parent.mkdir(parents=True, exist_ok=True)
+                POD_GRES_CONF.write_text("# GPUs of a bridged pod (written in each worker pod; "
+                                         "empty on other hosts)\n")
             bridge.cluster.start(timeout=120)
             bridge.cluster.detach()  # removes what a dead earlier run left
             bridge.cluster.ensure_user("bridgeuser")
@@ -107,6 +161,8 @@ class DevCluster:
             self._apply_rbac(kube)
         if not self.sa_kubeconfig.exists():
             self._apply_rbac(kube)
+        if self.real_node:
+            self._up_real_node(kube)
         if self._all_alive(read_pid_record(self.daemon_pid_file)):
             print("bridge daemon: already running")
         else:
@@ -115,11 +171,43 @@ class DevCluster:
         self._write_env(kube)
         print(f"ready: source {self.env_sh}")
 
+    def _up_real_node(self, kube: LocalKubeCluster) -> None:
+        """The kubelet node, the worker image in its containerd, the munge key Secret and
+        the shared directory (world-writable with the sticky bit, like /tmp)."""
+        self.shared_dir.mkdir(exist_ok=True)
+        (self.base / "pod-plugins").mkdir(exist_ok=True)
+        os.chmod(self.shared_dir, 0o1777)
+        node = self._node(kube)
+        if self._all_alive(node.recorded_pids()):
+            print(f"real node {REAL_NODE}: already running")
+        else:
+            node.start()
+            print(f"real node {REAL_NODE}: started (kubelet + containerd, "
+                  f"{node.gpus} nvidia.com/gpu advertised)")
+        node.import_image(self.worker_image)
+        key = base64.b64encode((self._slurm_handle().munge_dir / "munge.key").read_bytes())
+        from kubernetes import client as kclient
+        from kubernetes.client.exceptions import ApiException
+        with kube.admin_client() as api_client:
+            core = kclient.CoreV1Api(api_client)
+            for ns in job_namespaces(parse_config(self.config_data)):
+                body = {"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": MUNGE_SECRET, "namespace": ns},
+                        "data": {"munge.key": key.decode()}}
+                try:
+                    core.create_namespaced_secret(ns, body)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    core.replace_namespaced_secret(MUNGE_SECRET, ns, body)
+
     def _apply_rbac(self, kube: LocalKubeCluster) -> None:
-        namespaces = job_namespaces(parse_config(self.config_data))
+        config = parse_config(self.config_data)
+        namespaces = job_namespaces(config)
         for ns in (*namespaces, DAEMON_SA[0]):
             kube.ensure_namespace(ns)
-        kube.apply_as_admin(required_rbac(namespaces, daemon_namespace=DAEMON_SA[0]))
+        kube.apply_as_admin(required_rbac(namespaces, daemon_namespace=DAEMON_SA[0],
+                                          native_gpu_usage=config.native_gpu_usage))
         kube.kubeconfig_for_service_account(DAEMON_SA[0], DAEMON_SA[1], self.sa_kubeconfig)
 
     def _start_daemon(self) -> None:
@@ -156,8 +244,10 @@ class DevCluster:
 
     def _write_env(self, kube: LocalKubeCluster) -> None:
         bin_dir = kube.bin_dir or Path()
+        shared = [f"export SLURM_K8S_SHARED_DIR={self.shared_dir}"] if self.real_node else []
         self.env_sh.write_text("\n".join([
             "# slurm-k8s-bridge dev cluster: source me",
+            *shared,
             f"export SLURM_CONF={self.base / 'etc' / 'slurm.conf'}",
             f"export KUBECONFIG={kube.kubeconfig}",
             f"export SLURM_K8S_BRIDGE_CONFIG={self.base / 'k8s-bridge.yaml'}",
@@ -183,6 +273,9 @@ class DevCluster:
             if alive:
                 _kill_pid(pid, grace=10)
         self.daemon_pid_file.unlink(missing_ok=True)
-        self._kube().stop_recorded()
+        kube = self._kube()
+        if (kube.base_dir / "nodes" / REAL_NODE).exists():
+            self._node(kube).stop_recorded()
+        kube.stop_recorded()
         self._slurm_handle().stop_recorded()
         print("dev cluster stopped")
