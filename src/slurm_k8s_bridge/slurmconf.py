@@ -26,8 +26,11 @@ MIRROR_NODE_FEATURE = "k8s-node"
 def nodeset_lines(max_node_count: int = 1024) -> list[str]:
     """Nodes that appear at run time need room in the node table (``MaxNodeCount``; without
     it ``scontrol create`` silently creates nothing) and a NodeSet to join partitions. The
-    pods' slurmd run configless (``slurmd -Z --conf-server``), which slurmctld must allow."""
+    pods' slurmd run configless (``slurmd -Z --conf-server``), which slurmctld must allow, and
+    resolve job owners who exist only on the login side through nss_slurm (the worker's
+    nsswitch.conf), which slurmstepd serves only with ``enable_nss_slurm``."""
     return ["SlurmctldParameters=enable_configless",
+            "LaunchParameters=enable_nss_slurm",
             f"MaxNodeCount={max_node_count}",
             f"NodeSet={POD_NODESET} Feature={POD_NODE_FEATURE}",
             f"NodeSet={MIRROR_NODESET} Feature={MIRROR_NODE_FEATURE}"]
