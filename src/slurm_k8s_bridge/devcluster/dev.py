@@ -72,6 +72,7 @@ class DevCluster:
         self.worker_image = worker_image
         self.subnet = subnet
         self.shared_dir = self.base / "shared"
+        self._real: Any = None      # the RealNode this process started
         self.config_data = dev_config()
         if real_node:
             handle = self._slurm_handle()
@@ -128,6 +129,21 @@ class DevCluster:
         out.update(read_pid_record(self.daemon_pid_file))
         return out
 
+    def _slurm_here(self) -> bool:
+        """The Slurm daemons recorded for this subnet are alive *and* are this directory's
+        (the record is kept per subnet, so another directory's cluster may hold it)."""
+        record = self._slurm_handle().recorded_pids()
+        if not self._all_alive(record):
+            return False
+        marker = str(self.base).encode()
+        for pid, _ in record.values():
+            try:
+                if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return False
+            except OSError:
+                return False
+        return True
+
     @staticmethod
     def _all_alive(record: dict[str, tuple[int, bool]]) -> bool:
         return bool(record) and all(alive for _, alive in record.values())
@@ -140,7 +156,7 @@ class DevCluster:
         os.chmod(self.base, 0o755)
         (self.base / "log").mkdir(exist_ok=True)
         (self.base / "run").mkdir(exist_ok=True)
-        if self._all_alive(self._slurm_handle().recorded_pids()):
+        if self._slurm_here():
             print("slurm: already running")
         else:
             bridge = self._slurm()
@@ -178,6 +194,7 @@ class DevCluster:
         (self.base / "pod-plugins").mkdir(exist_ok=True)
         os.chmod(self.shared_dir, 0o1777)
         node = self._node(kube)
+        self._real = node   # holds the node's subnet lock while this process lives
         if self._all_alive(node.recorded_pids()):
             print(f"real node {REAL_NODE}: already running")
         else:
@@ -274,7 +291,10 @@ class DevCluster:
                 _kill_pid(pid, grace=10)
         self.daemon_pid_file.unlink(missing_ok=True)
         kube = self._kube()
-        if (kube.base_dir / "nodes" / REAL_NODE).exists():
+        if self._real is not None:
+            self._real.stop()
+            self._real = None
+        elif (kube.base_dir / "nodes" / REAL_NODE).exists():
             self._node(kube).stop_recorded()
         kube.stop_recorded()
         self._slurm_handle().stop_recorded()
