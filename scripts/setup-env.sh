@@ -10,7 +10,7 @@ for cmd in slurmctld slurmd sbatch munged ip lua5.3; do
 	command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$cmd")
 done
 [ -f /usr/include/slurm/slurm.h ] || need_apt+=(headers)
-[ -f /usr/include/pmix.h ] || need_apt+=(pmix)
+[ -f /usr/include/pmix.h ] || [ -n "$(ls /usr/lib/*/pmix*/include/pmix.h 2>/dev/null)" ] || need_apt+=(pmix)
 if [ "${#need_apt[@]}" -gt 0 ]; then
 	echo "==> installing Debian packages (missing: ${need_apt[*]})"
 	if [ "$(id -u)" -ne 0 ]; then
