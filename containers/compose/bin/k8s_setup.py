@@ -93,7 +93,8 @@ def wait_for(what: str, predicate: Any, timeout: float) -> Any:
 
 
 def main() -> int:
-    from kubernetes import client, config as kconfig
+    from kubernetes import client
+    from kubernetes import config as kconfig
 
     t0 = time.monotonic()
     text = (STATE / "etc" / "k8s-bridge.yaml.in").read_text().replace("@SLURMCTLD_ADDR@", "0.0.0.0")
@@ -132,7 +133,7 @@ def main() -> int:
     if bridge.munge_key_secret:
         key = base64.b64encode((STATE / "munge" / "munge.key").read_bytes()).decode()
         for ns in namespaces:
-            body = {"apiVersion": "v1", "kind": "Secret",
+            body: Any = {"apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": bridge.munge_key_secret, "namespace": ns},
                     "data": {"munge.key": key}}
             try:
@@ -156,10 +157,13 @@ def main() -> int:
             "status": {"capacity": dict(resources), "allocatable": dict(resources)}})
 
     # 4. the daemon's identity: its ServiceAccount's token
-    token = core.create_namespaced_service_account_token(
+    status = core.create_namespaced_service_account_token(
         SERVICE_ACCOUNT, DAEMON_NAMESPACE,
         client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=7 * 86400))).status.token
+            audiences=[], expiration_seconds=7 * 86400))).status
+    if status is None or not status.token:
+        raise SystemExit("k8s-setup: error: the TokenRequest for the daemon returned no token")
+    token = status.token
     ca = base64.b64encode((STATE / "pki" / "ca.crt").read_bytes()).decode()
     user = f"system:serviceaccount:{DAEMON_NAMESPACE}:{SERVICE_ACCOUNT}"
     RUN.mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced (bash) by the entrypoints of the compose test cluster (containers/compose/bin).
 #
 # Addresses: no compose implementation gives every engine both DNS by service name and
@@ -80,24 +81,34 @@ skb_wait_file() {
 	done
 }
 
-# skb_route_pods: keep a route to every kubelet node's pod network, via that node's
-# address (run in the background by the Slurm containers; needs CAP_NET_ADMIN). Nodes
+# skb_route_pods [OWN_CIDR]: keep a route to every kubelet node's pod network (but
+# OWN_CIDR), via that node's address. Run in the background by the Slurm containers and
+# the kubelet nodes (pods of one node reach those of another); needs CAP_NET_ADMIN. Nodes
 # may start later or come back with another address: the registry is read every 2 s.
 skb_route_pods() {
-	local file node_addr cidr seen=""
+	local own=${1:-} file node_addr cidr seen=""
 	while :; do
 		for file in "$SKB_RUN"/nodes/*; do
 			[ -s "$file" ] || continue
 			read -r node_addr cidr <"$file" || continue
-			[ -n "$node_addr" ] && [ -n "$cidr" ] || continue
+			[ -n "$node_addr" ] && [ -n "$cidr" ] && [ "$cidr" != "$own" ] || continue
 			case " $seen " in *" $cidr=$node_addr "*) continue ;; esac
-			if python3 /compose/bin/netroute.py replace "$cidr" "$node_addr"; then
+			if skb_route_replace "$cidr" "$node_addr"; then
 				skb_log "route $cidr via $node_addr (${file##*/})"
 				seen="$(echo " $seen " | sed "s# $cidr=[^ ]*##g") $cidr=$node_addr"
 			fi
 		done
 		sleep 2
 	done
+}
+
+# skb_route_replace CIDR GATEWAY: iproute2 where the image has it, else rtnetlink from Python
+skb_route_replace() {
+	if command -v ip >/dev/null 2>&1; then
+		ip route replace "$1" via "$2"
+	else
+		python3 /compose/bin/netroute.py replace "$1" "$2"
+	fi
 }
 
 # skb_users: create the cluster's users (SKB_USERS="name:uid,..."), homes under
