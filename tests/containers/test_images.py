@@ -403,6 +403,16 @@ def test_job_runs_in_worker_for_a_user_only_login_and_controller_know(images: Im
     res = as_alice("srun -p pods -N1 -n2 --mpi=pmix --chdir=/tmp /shared/allreduce")
     assert res.returncode == 0 and "allreduce size=2 sum=3" in res.stdout, res.stdout + res.stderr
 
+    # a batch job: its script runs in the pod and starts a step with the pod's own srun;
+    # scancel ends the owner's tasks there (slurmstepd, root, signals uid 5000: CAP_KILL)
+    res = as_alice("sbatch -p pods -N1 --chdir=/tmp -o /dev/null --wrap 'srun sleep 600'")
+    match = re.search(r"Submitted batch job (\d+)", res.stdout)
+    assert match, res.stdout + res.stderr
+    wait_for(images, worker, "pgrep -u 5000 -x sleep >/dev/null && echo running", "running", timeout=60)
+    res = as_alice(f"scancel {match.group(1)}")
+    assert res.returncode == 0, res.stderr
+    wait_for(images, worker, "pgrep -u 5000 >/dev/null || echo gone", "gone", timeout=60)
+
     # job_submit/k8s runs in the controller image: a bridged request no shape can hold,
     # with --k8s-image checked by spank_k8s.so in the login image's sbatch
     res = as_alice("sbatch -p gpu --gres=gpu:h100:1 --k8s-image='bad image' --wrap true")
