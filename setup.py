@@ -45,6 +45,8 @@ setup(
         "kubernetes>=28",
         "pyyaml>=6",
         "tenacity>=8",
+        # cffi compiles the plugins with setuptools, which Python 3.12+ venvs lack
+        "setuptools; python_version >= '3.12'",
     ],
     extras_require={
         "test": ["pytest>=7", "docker>=7"],

@@ -115,7 +115,7 @@ class BridgeConfig:
     """The whole validated configuration."""
 
     cluster_name: str = "slurm"
-    worker_image: str = "localhost/slurm-k8s-bridge/worker:22.05"
+    worker_image: str = "localhost/slurm-k8s-bridge-worker:bookworm"
     worker_command: tuple[str, ...] | None = None
     time_limit_grace_seconds: int = 300
     default_mem_per_cpu_mb: int = 2048

@@ -538,7 +538,7 @@ def test_k8s_image_allowed_prefix(config: BridgeConfig) -> None:
 
 @pytest.mark.parametrize("image, message", [
     ("docker.io/evil/root:latest", "--k8s-image=docker.io/evil/root:latest is not allowed; images must start with "
-                                   "localhost/slurm-k8s-bridge/"),
+                                   "localhost/slurm-k8s-bridge/ or localhost/slurm-k8s-bridge-worker:"),
     ("Bad Image", "--k8s-image=Bad Image is not a container image reference (like "
                   "registry.example.com/team/image:tag)"),
     ("", "--k8s-image= is not a container image reference (like registry.example.com/team/image:tag)"),

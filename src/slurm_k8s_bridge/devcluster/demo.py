@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         _show(cluster, ["sinfo", "-o", "%P %a %D %t %G %f %N"])
 
         _say("a 2-node, 16-GPU training job: accepted, held for Kubernetes")
-        proc = _show(cluster, ["sbatch", "--k8s-image=localhost/slurm-k8s-bridge/worker:22.05",
+        proc = _show(cluster, ["sbatch", "--k8s-image=localhost/slurm-k8s-bridge-worker:bookworm",
                                "train-2x8.sbatch"], user=USER)
         job = int(proc.stdout.split()[-1])
         _show(cluster, ["squeue", "-o", "%i %P %j %u %T %r %D %b"])
