@@ -38,7 +38,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    # the bridge only: the development cluster (src/slurm_k8s_devcluster) is a test harness,
+    # importable from a source checkout (pip install -e .), never shipped in a wheel
+    packages=find_packages("src", include=["slurm_k8s_bridge", "slurm_k8s_bridge.*"]),
     include_package_data=True,
     install_requires=[
         "cffi>=1.16",

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from slurm_k8s_bridge.devcluster.dev import DevCluster  # noqa: E402
+from slurm_k8s_devcluster.dev import DevCluster  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

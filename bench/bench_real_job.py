@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from slurm_k8s_bridge.devcluster.dev import DevCluster
+from slurm_k8s_devcluster.dev import DevCluster
 
 STEPS = ("gang created", "pods scheduled", "containers up", "slurmd registered",
          "released", "RUNNING", "COMPLETED")

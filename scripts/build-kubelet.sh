@@ -19,7 +19,7 @@ set -euo pipefail
 # (bridge, host-local, loopback, portmap), what the kubelet and the plugins shell out to
 # (iptables, ip, mount/umount/nsenter), openssl for the node's certificates, gcc + static
 # libc for the pause program, podman to hand images built with it to the node.
-# Keep in sync with docs/real-node.md and devcluster/kubelet.py (REQUIRED_PROGRAMS).
+# Keep in sync with docs/real-node.md and slurm_k8s_devcluster/kubelet.py (REQUIRED_PROGRAMS).
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 util-linux
                mount openssl gcc libc6-dev podman)
 

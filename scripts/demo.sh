@@ -12,4 +12,4 @@ if [[ " $* " != *" --slurm-only "* ]]; then
 	bash scripts/build-kubelet.sh --install-deps >/dev/null
 	bash scripts/build-images.sh --install-deps --suite bookworm --only worker
 fi
-exec .venv/bin/python -m slurm_k8s_bridge.devcluster.demo "$@"
+exec .venv/bin/python -m slurm_k8s_devcluster.demo "$@"

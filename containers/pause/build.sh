@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the images the real test node (devcluster/kubelet.py) needs, with no registry:
+# Build the images the real test node (slurm_k8s_devcluster/kubelet.py) needs, with no registry:
 #
 #   localhost/skb-pause:1      the pod sandbox image: pause.c, static, nothing else
 #   localhost/skb-busybox:1    Debian's busybox-static (sh, nc, httpd, ...) for test pods

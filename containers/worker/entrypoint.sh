@@ -6,8 +6,8 @@
 #   worker-entrypoint -v ...          options starting with '-' are added to slurmd's
 #   worker-entrypoint CMD [ARGS...]   start munged, then exec CMD instead of slurmd
 #
-# It reads what slurm_k8s_bridge.translate renders into the pod (and what
-# devcluster/podsim.py gives its stand-in slurmd):
+# It reads what slurm_k8s_bridge.core.normalize renders into the pod (and what
+# slurm_k8s_devcluster/podsim.py gives its stand-in slurmd):
 #   SLURM_K8S_NODE_CPUS, SLURM_K8S_NODE_MEMORY_MB   -> Sockets=1 CoresPerSocket=N
 #                                                      ThreadsPerCore=1 RealMemory=MB
 #   SLURM_K8S_NODE_GRES (gpu:TYPE:N, gpu:N or empty)  -> Gres=...

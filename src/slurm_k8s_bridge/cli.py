@@ -29,8 +29,8 @@ def _config_path(arg: str | None) -> str:
 
 
 def _load_config_or_exit(path: str):  # type: ignore[no-untyped-def]
-    from .config import load_config
-    from .errors import ConfigError
+    from slurm_k8s_bridge.core.config import load_config
+    from slurm_k8s_bridge.core.errors import ConfigError
 
     try:
         return load_config(path)
@@ -47,7 +47,11 @@ def _print_manifests(objects: list[dict]) -> None:  # type: ignore[type-arg]
 
 # -- plugins -----------------------------------------------------------------------------
 def cmd_plugins_install(args: argparse.Namespace) -> int:
-    from .plugin_build import PluginBuildError, build_plugins, local_plugin_dir
+    from slurm_k8s_bridge.slurm.plugin_build import (
+        PluginBuildError,
+        build_plugins,
+        local_plugin_dir,
+    )
 
     plugin_dir = Path(args.plugin_dir) if args.plugin_dir else local_plugin_dir()
     try:
@@ -66,9 +70,9 @@ def cmd_plugins_install(args: argparse.Namespace) -> int:
 
 # -- translate ---------------------------------------------------------------------------
 def cmd_translate(args: argparse.Namespace) -> int:
-    from .errors import BridgeRefusal
-    from .sbatch_options import request_from_sbatch
-    from .translate import normalize, render_all
+    from slurm_k8s_bridge.core.errors import BridgeRefusal
+    from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+    from slurm_k8s_bridge.core.normalize import normalize, render_all
 
     config = _load_config_or_exit(_config_path(args.config))
     try:
@@ -107,9 +111,9 @@ def read_job_stamp(job_id: int) -> str | None:
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    from .slurm_request import SlurmJobRequest
-    from .translate import normalize, render_all
-    from .errors import BridgeRefusal
+    from slurm_k8s_bridge.core.request import SlurmJobRequest
+    from slurm_k8s_bridge.core.normalize import normalize, render_all
+    from slurm_k8s_bridge.core.errors import BridgeRefusal
 
     config = _load_config_or_exit(_config_path(args.config))
     try:
@@ -133,7 +137,7 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 
 
 def cmd_slurm_conf(args: argparse.Namespace) -> int:
-    from .slurmconf import render_conf_snippet
+    from slurm_k8s_bridge.slurm.conf import render_conf_snippet
 
     config = _load_config_or_exit(_config_path(args.config))
     sys.stdout.write(render_conf_snippet(config, args.nodes_per_shape))
@@ -146,10 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kubernetes import config as kube_config
 
-    from .config import job_namespaces
-    from .daemon import BridgeDaemon, serve_metrics, setup_logging
-    from .k8s_access import KubeAccess
-    from .slurm_client import SlurmClient
+    from slurm_k8s_bridge.core.config import job_namespaces
+    from slurm_k8s_bridge.daemon.daemon import BridgeDaemon, serve_metrics, setup_logging
+    from slurm_k8s_bridge.kube.access import KubeAccess
+    from slurm_k8s_bridge.slurm.client import SlurmClient
 
     setup_logging(args.log_level)
     config = _load_config_or_exit(_config_path(args.config))
@@ -178,7 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_cluster(args: argparse.Namespace) -> int:
-    from .devcluster.dev import DevCluster
+    try:
+        from slurm_k8s_devcluster.dev import DevCluster
+    except ImportError as exc:
+        print("slurm-k8s-bridge: error: dev-cluster needs the development harness "
+              "(slurm_k8s_devcluster), which a plain install of the bridge does not ship: "
+              f"run it from a source checkout ('pip install -e .' there) ({exc})", file=sys.stderr)
+        return 2
 
     kwok = args.kwok_nodes if args.kwok_nodes is not None else (0 if args.real_node else 4)
     dev = DevCluster(Path(args.dir), kwok_nodes=kwok, real_node=args.real_node,

@@ -22,10 +22,16 @@ from typing import Any
 import pytest
 import yaml
 
-from slurm_k8s_bridge.config import parse_config
-from slurm_k8s_bridge.devcluster.podsim import pod_env, slurmd_conf_line
-from slurm_k8s_bridge.sbatch_options import request_from_sbatch
-from slurm_k8s_bridge.translate import MUNGE_KEY_DIR, WORKER_CAPABILITIES, node_names, normalize, render
+from slurm_k8s_bridge.core.config import parse_config
+from slurm_k8s_devcluster.podsim import pod_env, slurmd_conf_line
+from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+from slurm_k8s_bridge.core.normalize import (
+    MUNGE_KEY_DIR,
+    WORKER_CAPABILITIES,
+    node_names,
+    normalize,
+    render,
+)
 
 from .conftest import REPO, Images
 

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from slurm_k8s_bridge.devcluster.dev import WORKER_IMAGE, DevCluster
-from slurm_k8s_bridge.devcluster.slurm import LocalSlurmCluster, _tail
+from slurm_k8s_devcluster.dev import WORKER_IMAGE, DevCluster
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster, _tail
 
 pytestmark = pytest.mark.e2e
 
@@ -132,8 +132,8 @@ class E2E:
 def e2e() -> Iterator[E2E]:
     if os.geteuid() != 0:
         _skip("the e2e tier needs root (Slurm daemons, a kubelet)")
-    from slurm_k8s_bridge.devcluster.k8s import KubeClusterError, ensure_k8s_binaries
-    from slurm_k8s_bridge.devcluster.kubelet import RealNodeUnavailable
+    from slurm_k8s_devcluster.k8s import KubeClusterError, ensure_k8s_binaries
+    from slurm_k8s_devcluster.kubelet import RealNodeUnavailable
     try:
         ensure_k8s_binaries()
     except (KubeClusterError, OSError) as exc:

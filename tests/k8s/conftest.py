@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.devcluster.k8s import (
-    KubeClusterError,
-    LocalKubeCluster,
-    ensure_k8s_binaries,
-)
+from slurm_k8s_devcluster.k8s import KubeClusterError, LocalKubeCluster, ensure_k8s_binaries
 
 GPU_NODES = 3
 

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.devcluster.k8s import wait_for
+from slurm_k8s_devcluster.k8s import wait_for
 
 from .conftest import GPU_NODES
 

@@ -39,13 +39,13 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.config import job_namespaces, load_config
-from slurm_k8s_bridge.devcluster.bridge import BridgeCluster, make_bridge_cluster
-from slurm_k8s_bridge.devcluster.k8s import LocalKubeCluster, free_ports
-from slurm_k8s_bridge.devcluster.podsim import PodStandIns
-from slurm_k8s_bridge.devcluster.slurm import _tail
-from slurm_k8s_bridge.k8s_access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
-from slurm_k8s_bridge.slurm_client import SlurmClient
+from slurm_k8s_bridge.core.config import job_namespaces, load_config
+from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
+from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
+from slurm_k8s_devcluster.podsim import PodStandIns
+from slurm_k8s_devcluster.slurm import _tail
+from slurm_k8s_bridge.kube.access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.slurm.client import SlurmClient
 
 pytestmark = pytest.mark.k8s
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.devcluster.dev import DevCluster
+from slurm_k8s_devcluster.dev import DevCluster
 
 pytestmark = pytest.mark.k8s
 

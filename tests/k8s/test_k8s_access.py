@@ -31,9 +31,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.config import BridgeConfig, parse_config
-from slurm_k8s_bridge.devcluster.k8s import LocalKubeCluster
-from slurm_k8s_bridge.k8s_access import (
+from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
+from slurm_k8s_devcluster.k8s import LocalKubeCluster
+from slurm_k8s_bridge.kube.access import (
     DAEMON_NAMESPACE,
     POD,
     SERVICE_ACCOUNT,
@@ -43,8 +43,8 @@ from slurm_k8s_bridge.k8s_access import (
     ObjectOwnedElsewhere,
     required_rbac,
 )
-from slurm_k8s_bridge.sbatch_options import request_from_sbatch
-from slurm_k8s_bridge.translate import normalize, render
+from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+from slurm_k8s_bridge.core.normalize import normalize, render
 
 pytestmark = pytest.mark.k8s
 

@@ -32,19 +32,19 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.config import job_namespaces, load_config
-from slurm_k8s_bridge.devcluster.bridge import BridgeCluster, make_bridge_cluster
-from slurm_k8s_bridge.devcluster.k8s import LocalKubeCluster
-from slurm_k8s_bridge.devcluster.slurm import _tail
-from slurm_k8s_bridge.k8s_access import (
+from slurm_k8s_bridge.core.config import job_namespaces, load_config
+from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
+from slurm_k8s_devcluster.k8s import LocalKubeCluster
+from slurm_k8s_devcluster.slurm import _tail
+from slurm_k8s_bridge.kube.access import (
     DAEMON_NAMESPACE,
     POD_READER_CLUSTER_ROLE,
     SERVICE_ACCOUNT,
     native_gpu_usage_rbac,
     required_rbac,
 )
-from slurm_k8s_bridge.mirror import NATIVE_USAGE_FORBIDDEN
-from slurm_k8s_bridge.slurm_client import SlurmClient
+from slurm_k8s_bridge.daemon.mirror import NATIVE_USAGE_FORBIDDEN
+from slurm_k8s_bridge.slurm.client import SlurmClient
 
 pytestmark = pytest.mark.k8s
 

@@ -25,8 +25,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
-from slurm_k8s_bridge.devcluster.k8s import KubeClusterError, LocalKubeCluster, wait_for
-from slurm_k8s_bridge.devcluster.kubelet import (
+from slurm_k8s_devcluster.k8s import KubeClusterError, LocalKubeCluster, wait_for
+from slurm_k8s_devcluster.kubelet import (
     BUSYBOX_IMAGE,
     RealNode,
     RealNodeUnavailable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from slurm_k8s_bridge.devcluster.bridge import (  # noqa: F401  (re-exported for tests)
+from slurm_k8s_devcluster.bridge import (
     BridgeCluster,
     load_example_config,
     make_bridge_cluster as _make_bridge_cluster,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.devcluster import LocalSlurmCluster
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 
 ROOT_REASON = "real Slurm tests need root (network namespaces, bridge, mknod, munged)"
 

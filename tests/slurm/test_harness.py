@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.devcluster import parse_key_values
+from slurm_k8s_bridge.slurm.records import parse_key_values
 
 pytestmark = pytest.mark.slurm
 

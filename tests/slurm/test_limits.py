@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from slurm_k8s_bridge.devcluster import LocalSlurmCluster
-from slurm_k8s_bridge.devcluster.slurm import AccountingUnavailable
-from slurm_k8s_bridge.limits import Usage, admit_in_order, check_limits
-from slurm_k8s_bridge.slurm_client import SlurmClient
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster
+from slurm_k8s_devcluster.slurm import AccountingUnavailable
+from slurm_k8s_bridge.core.limits import Usage, admit_in_order, check_limits
+from slurm_k8s_bridge.slurm.client import SlurmClient
 
 from .bridge_fixtures import make_bridge_cluster
 from .conftest import make_base_dir, remove_base_dir, require_root

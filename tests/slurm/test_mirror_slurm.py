@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_k8s_bridge.config import parse_config
-from slurm_k8s_bridge.mirror import apply_mirror, desired_mirror, plan_mirror
-from slurm_k8s_bridge.slurm_client import SlurmClient
+from slurm_k8s_bridge.core.config import parse_config
+from slurm_k8s_bridge.daemon.mirror import apply_mirror, desired_mirror, plan_mirror
+from slurm_k8s_bridge.slurm.client import SlurmClient
 
 from ..unit.test_mirror import k8s_node
 from .bridge_fixtures import bridge_config_data, make_bridge_cluster

@@ -17,11 +17,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from slurm_k8s_bridge.devcluster import parse_key_values
-from slurm_k8s_bridge.slurm_client import (
+from slurm_k8s_bridge.slurm.records import parse_key_values
+from slurm_k8s_bridge.slurm.records import (
     REQUEUE_DELAY_MAX_S,
-    SlurmClient,
-    SlurmCommandError,
     SlurmJob,
     eligible,
     expand_array_tasks,
@@ -32,7 +30,8 @@ from slurm_k8s_bridge.slurm_client import (
     parse_squeue_rows,
     pending_order,
 )
-from slurm_k8s_bridge.slurm_request import is_stamp
+from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
+from slurm_k8s_bridge.core.request import is_stamp
 
 from .bridge_fixtures import make_bridge_cluster
 from .conftest import make_base_dir, remove_base_dir, require_root

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.config import BridgeConfig, load_config
+from slurm_k8s_bridge.core.config import BridgeConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"

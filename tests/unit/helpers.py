@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from slurm_k8s_bridge.config import BridgeConfig
-from slurm_k8s_bridge.errors import BridgeRefusal
-from slurm_k8s_bridge.sbatch_options import request_from_sbatch
-from slurm_k8s_bridge.slurm_request import SlurmJobRequest
-from slurm_k8s_bridge.translate import BridgeRequest, normalize
+from slurm_k8s_bridge.core.config import BridgeConfig
+from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+from slurm_k8s_bridge.core.request import SlurmJobRequest
+from slurm_k8s_bridge.core.normalize import BridgeRequest, normalize
 
 UID, GID = 1000, 1000
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from slurm_k8s_bridge.config import BridgeConfig, load_config, parse_config, parse_memory_mb
-from slurm_k8s_bridge.errors import ConfigError
+from slurm_k8s_bridge.core.config import BridgeConfig, load_config, parse_config, parse_memory_mb
+from slurm_k8s_bridge.core.errors import ConfigError
 
 from .conftest import EXAMPLE_CONFIG
 

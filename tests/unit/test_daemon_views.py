@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from slurm_k8s_bridge.daemon import (
+from slurm_k8s_bridge.daemon.daemon import (
     DaemonMetrics,
     _expand_hostlist,
     bridged_jobs_from_slurm,
@@ -12,9 +12,9 @@ from slurm_k8s_bridge.daemon import (
     lost_nodes,
     pod_info,
 )
-from slurm_k8s_bridge.reconcile import GangKey
-from slurm_k8s_bridge.slurm_client import SlurmJob
-from slurm_k8s_bridge.slurm_request import SlurmJobRequest
+from slurm_k8s_bridge.daemon.plan import GangKey
+from slurm_k8s_bridge.slurm.records import SlurmJob
+from slurm_k8s_bridge.core.request import SlurmJobRequest
 
 STAMP = SlurmJobRequest(partition="gpu", min_nodes=2, tres_per_node="gres:gpu:8").stamp()
 HELD = SlurmJobRequest(partition="gpu", user_hold=True).stamp()

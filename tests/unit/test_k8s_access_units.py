@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from slurm_k8s_bridge.k8s_access import (
+from slurm_k8s_bridge.kube.access import (
     EVENT,
     JOB,
     NODE,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge.limits import (
+from slurm_k8s_bridge.core.limits import (
     Association,
     JobDemand,
     QosLimits,

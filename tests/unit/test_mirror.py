@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slurm_k8s_bridge.config import load_config
-from slurm_k8s_bridge.mirror import MirrorAction, desired_mirror, plan_mirror
-from slurm_k8s_bridge.slurm_client import SlurmNode
+from slurm_k8s_bridge.core.config import load_config
+from slurm_k8s_bridge.daemon.mirror import MirrorAction, desired_mirror, plan_mirror
+from slurm_k8s_bridge.slurm.records import SlurmNode
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "slurm_plugins" /
                      "k8s-bridge.example.yaml")

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from slurm_k8s_bridge.config import load_config, parse_config
-from slurm_k8s_bridge.daemon import BridgeDaemon
-from slurm_k8s_bridge.errors import ConfigError
-from slurm_k8s_bridge.k8s_access import (
+from slurm_k8s_bridge.core.config import load_config, parse_config
+from slurm_k8s_bridge.daemon.daemon import BridgeDaemon
+from slurm_k8s_bridge.core.errors import ConfigError
+from slurm_k8s_bridge.kube.access import (
     NODE,
     POD,
     POD_READER_CLUSTER_ROLE,
@@ -26,7 +26,7 @@ from slurm_k8s_bridge.k8s_access import (
     render_native_gpu_usage_rbac_yaml,
     required_rbac,
 )
-from slurm_k8s_bridge.mirror import (
+from slurm_k8s_bridge.daemon.mirror import (
     COMMENT_LIMIT,
     NATIVE_USAGE_FORBIDDEN,
     UNFINISHED_PODS,
@@ -40,7 +40,7 @@ from slurm_k8s_bridge.mirror import (
     pod_gpu_requests,
     usage_comment,
 )
-from slurm_k8s_bridge.slurm_client import SlurmNode
+from slurm_k8s_bridge.slurm.records import SlurmNode
 
 from .test_mirror import k8s_node
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slurm_k8s_bridge.reconcile import (
+from slurm_k8s_bridge.daemon.plan import (
     BridgedJob,
     CreateGang,
     DeleteGang,
@@ -214,7 +214,7 @@ def test_unchanged_comment_is_not_rewritten():
 def test_pending_job_still_holding_its_old_allocation_is_ended_with_the_reason():
     """22.05 never finishes a requeue when every node went down: the job stays PENDING
     with its old NodeList and would fail on new pods; the bridge ends it, saying why."""
-    from slurm_k8s_bridge.reconcile import FailJob
+    from slurm_k8s_bridge.daemon.plan import FailJob
 
     g = gang(pods=[pod(0)])
     stale = job(K1, nodes=("slurm-101-0", "slurm-101-1"),
@@ -267,7 +267,7 @@ def test_a_node_slurmctld_refused_is_not_released_onto_and_says_why():
 
 
 def test_pods_failing_before_start_are_retried_then_the_job_ends_with_the_reason():
-    from slurm_k8s_bridge.reconcile import MAX_START_FAILURES, FailJob
+    from slurm_k8s_bridge.daemon.plan import MAX_START_FAILURES, FailJob
 
     bad = "pod slurm-101-0-x: Error (exit code 1): slurmd: fatal: Unable to process configuration file"
     g = gang(pods=[pod(0, phase="Failed", failed=True,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from slurm_k8s_bridge.config import BridgeConfig, parse_config
-from slurm_k8s_bridge.translate import (
+from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
+from slurm_k8s_bridge.core.normalize import (
     WORKER_CAPABILITIES,
     node_names,
     render,

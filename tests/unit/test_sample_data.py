@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from slurm_k8s_bridge.config import BridgeConfig
-from slurm_k8s_bridge.sbatch_options import request_from_sbatch
-from slurm_k8s_bridge.translate import normalize, render_all
+from slurm_k8s_bridge.core.config import BridgeConfig
+from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+from slurm_k8s_bridge.core.normalize import normalize, render_all
 
 from .helpers import container, env, kind, pod_spec, script
 

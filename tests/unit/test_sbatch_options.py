@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from slurm_k8s_bridge.errors import BridgeRefusal
-from slurm_k8s_bridge.sbatch_options import (
+from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.slurm.sbatch import (
     NOT_A_BATCH_SCRIPT,
     REQUIRED,
     SBATCH_OPTIONS,
@@ -22,7 +22,7 @@ from slurm_k8s_bridge.sbatch_options import (
     str_to_mbytes,
     time_str2mins,
 )
-from slurm_k8s_bridge.slurm_request import UNLIMITED
+from slurm_k8s_bridge.core.request import UNLIMITED
 
 from .helpers import GID, UID, request, script
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slurm_k8s_bridge.config import load_config
-from slurm_k8s_bridge.slurmconf import (
+from slurm_k8s_bridge.core.config import load_config
+from slurm_k8s_bridge.slurm.conf import (
     inventory_lines,
     render_conf_snippet,
     resume_program,

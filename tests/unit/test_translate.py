@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from slurm_k8s_bridge.config import BridgeConfig, parse_config
-from slurm_k8s_bridge.errors import BridgeRefusal
-from slurm_k8s_bridge.slurm_request import SlurmJobRequest
-from slurm_k8s_bridge.translate import (
+from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
+from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.core.request import SlurmJobRequest
+from slurm_k8s_bridge.core.normalize import (
     LabelRequirement,
     NodeSelectorTerm,
     expand_array,

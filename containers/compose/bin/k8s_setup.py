@@ -4,7 +4,7 @@ image, the bridge's venv: the ``kubernetes`` client and ``slurm_k8s_bridge``).
 Once the apiserver answers (as cluster admin, ``/state/k8s/admin.kubeconfig``):
 
 1. the job namespaces of the bridge configuration and the daemon's namespace, the daemon's
-   RBAC (``slurm_k8s_bridge.k8s_access.required_rbac``, what ``deploy/rbac.yaml`` holds);
+   RBAC (``slurm_k8s_bridge.kube.access.required_rbac``, what ``deploy/rbac.yaml`` holds);
 2. the Secret ``munge_key_secret`` (the cluster's munge key) in every job namespace;
 3. ``SKB_KWOK_NODES`` KWOK nodes of the h100 shape (``gpu-0``...), labelled ``type=kwok``;
 4. ``/state/run/daemon.kubeconfig``: a TokenRequest token of the daemon's ServiceAccount;
@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from slurm_k8s_bridge.config import job_namespaces, parse_config
-from slurm_k8s_bridge.devcluster.k8s import KWOK_NODE_ANNOTATION, gpu_node_labels
-from slurm_k8s_bridge.k8s_access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.core.config import job_namespaces, parse_config
+from slurm_k8s_devcluster.k8s import KWOK_NODE_ANNOTATION, gpu_node_labels
+from slurm_k8s_bridge.kube.access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
 
 STATE = Path(os.environ.get("SKB_STATE", "/state"))
 RUN = STATE / "run"

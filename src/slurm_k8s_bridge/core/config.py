@@ -1,6 +1,6 @@
 """The bridge configuration: one YAML file, validated when it is loaded.
 
-Every problem is a :class:`~slurm_k8s_bridge.errors.ConfigError` naming the dotted key
+Every problem is a :class:`~slurm_k8s_bridge.core.errors.ConfigError` naming the dotted key
 (``shapes.h100.gpus: must be a positive integer``); unknown keys are refused so that a typo
 never silently falls back to a default. ``slurm_plugins/k8s-bridge.example.yaml`` documents
 every key.
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from slurm_k8s_bridge.core.errors import ConfigError
 
 #: The label Kubernetes GPU feature discovery puts the GPU model in.
 DEFAULT_GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

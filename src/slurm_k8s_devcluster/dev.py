@@ -8,7 +8,7 @@ and writes ``DIR/env.sh``. Run again, it starts only what is not running. ``down
 exactly what ``up`` started (by recorded pid) and nothing else.
 
 With ``real_node`` (``--real-node``) it also starts a real kubelet node (containerd, runc,
-a CNI bridge; ``devcluster/kubelet.py``) that advertises the h100 shape's ``nvidia.com/gpu``
+a CNI bridge; ``slurm_k8s_devcluster/kubelet.py``) that advertises the h100 shape's ``nvidia.com/gpu``
 and runs the worker image (``containers/``, built with podman and imported), so bridged
 jobs really run: each pod runs munged and ``slurmd -Z`` against this slurmctld
 (configless, ``conf_server``), with the cluster's munge key from a Secret and the shared
@@ -27,11 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import job_namespaces, parse_config
-from ..k8s_access import required_rbac
-from .bridge import BridgeCluster, load_example_config, make_bridge_cluster
-from .k8s import LocalKubeCluster, free_ports
-from .slurm import LocalSlurmCluster, _kill_pid, _proc_starttime, read_pid_record
+from slurm_k8s_bridge.core.config import job_namespaces, parse_config
+from slurm_k8s_bridge.kube.access import required_rbac
+from slurm_k8s_devcluster.bridge import BridgeCluster, load_example_config, make_bridge_cluster
+from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
+from slurm_k8s_devcluster.slurm import (
+    LocalSlurmCluster,
+    _kill_pid,
+    _proc_starttime,
+    read_pid_record,
+)
 
 #: subnet of the dev cluster's network namespaces (tests use 100-199)
 DEV_SUBNET = 90
@@ -115,7 +120,7 @@ class DevCluster:
                                  install_packages=False)
 
     def _node(self, kube: LocalKubeCluster) -> Any:
-        from .kubelet import RealNode
+        from slurm_k8s_devcluster.kubelet import RealNode
         shape = _shape_nodes(self.config_data)
         return RealNode(kube, REAL_NODE, gpus=shape["gpus"], gpu_product=shape["gpu_product"])
 

@@ -12,7 +12,7 @@ import re
 import traceback
 from typing import Any, Mapping
 
-from .config import load_config
+from slurm_k8s_bridge.core.config import load_config
 
 PING_MAGIC = 0x6b38
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

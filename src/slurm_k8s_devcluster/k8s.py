@@ -51,7 +51,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .slurm import ClusterError, _kill_pid, _proc_starttime, _tail, read_pid_record, tail_logs
+from slurm_k8s_devcluster.slurm import (
+    ClusterError,
+    _kill_pid,
+    _proc_starttime,
+    _tail,
+    read_pid_record,
+    tail_logs,
+)
 
 K8S_VERSION = "v1.34.10"
 ETCD_VERSION = "v3.5.35"
@@ -135,7 +142,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def _source_root() -> Path | None:
     """The source checkout holding this package (``src/slurm_k8s_bridge/devcluster``)."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / BUILD_SCRIPT).is_file() else None
 
 
@@ -750,7 +757,7 @@ class LocalKubeCluster:
             "--service-account-signing-key-file", str(p / "sa.key"),
             "--allow-privileged=true",
             "--profiling=false",
-            # Real kubelets (devcluster/kubelet.py): the apiserver reaches them at their
+            # Real kubelets (slurm_k8s_devcluster/kubelet.py): the apiserver reaches them at their
             # InternalIP (node names do not resolve here) with a client certificate.
             "--kubelet-client-certificate", str(p / "apiserver-kubelet-client.crt"),
             "--kubelet-client-key", str(p / "apiserver-kubelet-client.key"),

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import BridgeConfig, parse_memory_mb
-from .slurm_client import SlurmNode
-from .slurmconf import MIRROR_NODE_FEATURE
-from .translate import LABEL_PREFIX, MANAGED_BY
+from slurm_k8s_bridge.core.config import BridgeConfig, parse_memory_mb
+from slurm_k8s_bridge.slurm.records import SlurmNode
+from slurm_k8s_bridge.slurm.conf import MIRROR_NODE_FEATURE
+from slurm_k8s_bridge.core.normalize import LABEL_PREFIX, MANAGED_BY
 
 MIRROR_PREFIX = "k8s-"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -1,7 +1,7 @@
 """The local demo, driven by plain sbatch/srun/squeue/sinfo as an ordinary user.
 
-    sudo .venv/bin/python -m slurm_k8s_bridge.devcluster.demo [--dir DIR] [--keep]
-    sudo .venv/bin/python -m slurm_k8s_bridge.devcluster.demo --slurm-only
+    sudo .venv/bin/python -m slurm_k8s_devcluster.demo [--dir DIR] [--keep]
+    sudo .venv/bin/python -m slurm_k8s_devcluster.demo --slurm-only
 
 By default the whole bridge on this machine (``dev-cluster up --real-node``): slurmctld
 with both plugins, a Kubernetes control plane, a real kubelet node running the worker
@@ -27,9 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .bridge import make_bridge_cluster, load_example_config
+from slurm_k8s_devcluster.bridge import make_bridge_cluster, load_example_config
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 USER = "bridgeuser"
 
 
@@ -60,7 +60,7 @@ def real_demo(base: Path, keep: bool) -> int:
     """The whole bridge: jobs really run in worker pods on a real kubelet."""
     import time
 
-    from .dev import DevCluster
+    from slurm_k8s_devcluster.dev import DevCluster
     dev = DevCluster(base, kwok_nodes=0, real_node=True)
     _say(f"starting slurmctld, the Kubernetes control plane, a real kubelet node and the "
          f"bridge daemon under {base}")

@@ -17,17 +17,22 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import parse_config
-from ..plugin_build import build_plugins
-from ..slurmconf import inventory_lines, nodeset_lines, power_save_lines, resume_program
-from .slurm import LocalSlurmCluster
+from slurm_k8s_bridge.core.config import parse_config
+from slurm_k8s_bridge.slurm.plugin_build import build_plugins
+from slurm_k8s_bridge.slurm.conf import (
+    inventory_lines,
+    nodeset_lines,
+    power_save_lines,
+    resume_program,
+)
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the source checkout: src/slurm_k8s_devcluster/ -> .
 
 
 def _find_repo_file(relative: str) -> Path:
     """A file of the source checkout (slurm_plugins/...)."""
-    for base in (PACKAGE_DIR.parent.parent, Path.cwd()):
+    for base in (REPO, Path.cwd()):
         if (base / relative).is_file():
             return base / relative
     raise FileNotFoundError(f"{relative} not found next to the package or in the cwd")

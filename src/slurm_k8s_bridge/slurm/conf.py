@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BridgeConfig, NodeShape
-from .translate import POD_NODE_FEATURE
+from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape
+from slurm_k8s_bridge.core.normalize import POD_NODE_FEATURE
 
 #: NodeSets of the bridged partitions: the pods' dynamic slurmd (``slurmd -Z`` with
 #: Feature=k8s-pod) and the CLOUD nodes mirroring Kubernetes GPU nodes for sinfo.
@@ -38,7 +38,7 @@ def nodeset_lines(max_node_count: int = 1024) -> list[str]:
 
 def resume_program() -> Path:
     """``inventory-resume.sh``: shipped in the package, or the source checkout's copy."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package: slurm_k8s_bridge/
     for cand in (here / "slurm_plugins" / "inventory-resume.sh",
                  here.parent.parent / "slurm_plugins" / "inventory-resume.sh"):
         if cand.is_file():

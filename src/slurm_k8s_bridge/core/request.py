@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import BridgeRefusal
+from slurm_k8s_bridge.core.errors import BridgeRefusal
 
 STAMP_PREFIX = "k8sb1:"
 #: Prefix of SPANK option variables in ``job_desc->spank_job_env``.

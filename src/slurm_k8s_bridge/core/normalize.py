@@ -35,9 +35,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import BridgeConfig, NodeShape, PartitionRule
-from .errors import BridgeRefusal
-from .slurm_request import UNLIMITED, SlurmJobRequest
+from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape, PartitionRule
+from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 
 MANAGED_BY = "slurm-k8s-bridge"
 LABEL_PREFIX = "slurm-k8s-bridge.io/"

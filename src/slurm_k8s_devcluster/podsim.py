@@ -38,10 +38,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .k8s import KWOK_NODE_ANNOTATION
-from .slurm import LocalSlurmCluster
+from slurm_k8s_devcluster.k8s import KWOK_NODE_ANNOTATION
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 
-LOG = logging.getLogger("slurm_k8s_bridge.devcluster.podsim")
+LOG = logging.getLogger("slurm_k8s_devcluster.podsim")
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CLUSTER_LABEL = "slurm-k8s-bridge.io/cluster"

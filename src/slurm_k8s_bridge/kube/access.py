@@ -57,8 +57,8 @@ from tenacity import (
     stop_when_event_set,
 )
 
-from .mirror import UNFINISHED_PODS, GpuPod, gpu_pod
-from .translate import LABEL_PREFIX, MANAGED_BY
+from slurm_k8s_bridge.daemon.mirror import UNFINISHED_PODS, GpuPod, gpu_pod
+from slurm_k8s_bridge.core.normalize import LABEL_PREFIX, MANAGED_BY
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def required_rbac(namespaces: Sequence[str], *, daemon_namespace: str = DAEMON_N
 
 RBAC_YAML_HEADER = """\
 # RBAC of the slurm-k8s-bridge daemon: exactly what slurm_k8s_bridge/k8s_access.py uses.
-# Generated from slurm_k8s_bridge.k8s_access.required_rbac(["slurm-jobs"]); a unit test
+# Generated from slurm_k8s_bridge.kube.access.required_rbac(["slurm-jobs"]); a unit test
 # checks they agree. One more job namespace: copy its Role and RoleBinding.
 # The daemon runs in namespace slurm-k8s-bridge as ServiceAccount slurm-k8s-bridge.
 # With native_gpu_usage: true in the configuration, apply rbac-native-gpu-usage.yaml too.
@@ -469,7 +469,7 @@ NATIVE_GPU_USAGE_RBAC_YAML_HEADER = """\
 # of each mirrored k8s-<node>) the GPUs that Kubernetes-native pods hold on each node.
 # Opt-in because it lets the daemon read every pod's spec cluster-wide (environment values
 # and commands included); it grants no get, no secrets and no writes.
-# Generated from slurm_k8s_bridge.k8s_access.native_gpu_usage_rbac(); a unit test checks
+# Generated from slurm_k8s_bridge.kube.access.native_gpu_usage_rbac(); a unit test checks
 # they agree.
 """
 

@@ -1,11 +1,11 @@
 """Build and install the Slurm plugins with cffi, against the installed Slurm headers.
 
 ``job_submit_k8s.so``  cffi embedding module: C entry points (csrc/job_submit_k8s.c) over
-                       Python policy (slurm_k8s_bridge.plugin_job_submit).
+                       Python policy (slurm_k8s_bridge.slurm.job_submit).
 ``spank_k8s.so``       plain C SPANK plugin (csrc/spank_k8s.c): options and checks, no
                        Python in sbatch/srun/salloc.
 ``spank_k8s_py.so``    cffi embedding module loaded by spank_k8s.so inside bridged pods
-                       (slurmstepd) for the task environment (slurm_k8s_bridge.plugin_spank).
+                       (slurmstepd) for the task environment (slurm_k8s_bridge.slurm.spank).
 
 The embedded interpreter is the one running this build: its executable and ``sys.path``
 are compiled into the plugins, so slurmctld and slurmstepd import the package from the
@@ -78,7 +78,7 @@ def find_slurm_headers(include_dir: str | os.PathLike[str] | None = None) -> Slu
 def find_csrc() -> Path:
     """The C sources: installed as package data, or the source checkout's csrc/."""
     candidates = [Path(os.environ[CSRC_DIR_ENV])] if os.environ.get(CSRC_DIR_ENV) else []
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package: slurm_k8s_bridge/
     candidates += [here / "csrc", here.parent.parent / "csrc"]
     for cand in candidates:
         if (cand / "job_submit_k8s.c").is_file():
@@ -310,7 +310,7 @@ def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None 
             JOB_SUBMIT_MODULE,
             _job_desc_cdef(headers) + JOB_DESC_CDEF + LOG_CDEF + constants,
             JOB_SUBMIT_API, work / "job_submit_k8s.c",
-            _init_code(JOB_SUBMIT_MODULE, "plugin_job_submit", "job_submit/k8s"),
+            _init_code(JOB_SUBMIT_MODULE, "slurm.job_submit", "job_submit/k8s"),
             headers, work, defines,
             ["plugin_name", "plugin_type", "plugin_version", "init", "fini", "job_submit",
              "job_modify", f"PyInit_{JOB_SUBMIT_MODULE}"],
@@ -321,7 +321,7 @@ def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None 
                                    f"{headers.version_number:#x}")
         sp_py = _compile_embedding(
             SPANK_PY_MODULE, LOG_CDEF, SPANK_API, work / "spank_k8s_py.c",
-            _init_code(SPANK_PY_MODULE, "plugin_spank", "spank_k8s"),
+            _init_code(SPANK_PY_MODULE, "slurm.spank", "spank_k8s"),
             headers, work, defines,
             ["k8sb_spank_task_env", f"PyInit_{SPANK_PY_MODULE}"], work, "spank_k8s_py.so")
         sp = _compile_plain(csrc / "spank_k8s.c", headers,

@@ -30,8 +30,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import SbatchRefusal as BridgeRefusal
-from .slurm_request import UNLIMITED, SlurmJobRequest
+from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
+from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 
 NONE, REQUIRED, OPTIONAL = 0, 1, 2
 

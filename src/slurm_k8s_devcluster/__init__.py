@@ -4,14 +4,14 @@
 own network namespace) from Debian's Slurm packages; nothing is mocked.
 """
 
-from .slurm import (
+from slurm_k8s_devcluster.slurm import (
     DEBIAN_PLUGIN_DIR,
     ClusterError,
     LocalSlurmCluster,
     NodeSpec,
     ensure_slurm_packages,
-    parse_key_values,
 )
+from slurm_k8s_bridge.slurm.records import parse_key_values
 
 __all__ = [
     "DEBIAN_PLUGIN_DIR",

@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import BridgeConfig
-from .errors import BridgeRefusal
-from .reconcile import (
+from slurm_k8s_bridge.core.config import BridgeConfig
+from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.daemon.plan import (
     FINISHED,
     Action,
     BridgedJob,
@@ -43,10 +43,16 @@ from .reconcile import (
     World,
     plan,
 )
-from .limits import admit_in_order
-from .mirror import NATIVE_USAGE_FORBIDDEN, apply_mirror, desired_mirror, plan_mirror
-from .slurm_client import SlurmClient, SlurmCommandError, SlurmJob, SlurmNode, eligible
-from .translate import normalize, render
+from slurm_k8s_bridge.core.limits import admit_in_order
+from slurm_k8s_bridge.daemon.mirror import (
+    NATIVE_USAGE_FORBIDDEN,
+    apply_mirror,
+    desired_mirror,
+    plan_mirror,
+)
+from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
+from slurm_k8s_bridge.slurm.records import SlurmJob, SlurmNode, eligible
+from slurm_k8s_bridge.core.normalize import normalize, render
 
 LOG = logging.getLogger("slurm_k8s_bridge.daemon")
 ARRAY_TASK_LABEL = "slurm-k8s-bridge.io/array-task-id"
