@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from slurm_k8s_bridge import __version__
+from slurm_k8s_bridge.core import contract
 
-DEFAULT_CONFIG = "/etc/slurm/k8s-bridge.yaml"
+DEFAULT_CONFIG = contract.DEFAULT_CONFIG_PATH
 
 
 def _config_path(arg: str | None) -> str:
-    return arg or os.environ.get("SLURM_K8S_BRIDGE_CONFIG") or DEFAULT_CONFIG
+    return arg or os.environ.get(contract.CONFIG_ENV) or DEFAULT_CONFIG
 
 
 def _load_config_or_exit(path: str):  # type: ignore[no-untyped-def]
@@ -72,7 +73,8 @@ def cmd_plugins_install(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     from slurm_k8s_bridge.core.errors import BridgeRefusal
     from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
-    from slurm_k8s_bridge.core.normalize import normalize, render_all
+    from slurm_k8s_bridge.core.normalize import normalize
+    from slurm_k8s_bridge.core.render import render_all
 
     config = _load_config_or_exit(_config_path(args.config))
     try:
@@ -112,7 +114,8 @@ def read_job_stamp(job_id: int) -> str | None:
 
 def cmd_manifests(args: argparse.Namespace) -> int:
     from slurm_k8s_bridge.core.request import SlurmJobRequest
-    from slurm_k8s_bridge.core.normalize import normalize, render_all
+    from slurm_k8s_bridge.core.normalize import normalize
+    from slurm_k8s_bridge.core.render import render_all
     from slurm_k8s_bridge.core.errors import BridgeRefusal
 
     config = _load_config_or_exit(_config_path(args.config))

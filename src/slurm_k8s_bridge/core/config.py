@@ -19,24 +19,26 @@ from typing import Any, TypeVar
 
 import yaml
 
+from slurm_k8s_bridge.core import contract
+from slurm_k8s_bridge.core import gang as gangs
 from slurm_k8s_bridge.core.errors import ConfigError
 
 #: The label Kubernetes GPU feature discovery puts the GPU model in.
 DEFAULT_GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GANG_BACKENDS = ("builtin", "kueue", "volcano")
 DEFAULT_RULE = "default"
 MAX_CLUSTER_NAME = 20
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN = contract.DNS_SUBDOMAIN
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 #: Slurm feature and GRES type names: no constraint operators, no separators.
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: MIG profiles as the NVIDIA device plugin names them (``1g.10gb``, ``1g.10gb.me``).
 _MIG_PROFILE = re.compile(r"^[0-9]+g\.[0-9]+gb(\.[a-z0-9]+)*$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+#: ``allowed_images`` are prefixes of image references (``registry.example.com/team/``)
+_IMAGE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)$")
 _QUANTITY_BYTES = {
     "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
@@ -92,7 +94,7 @@ class PartitionRule:
     namespace: str = "slurm-jobs"
     queue: str | None = None
     priority_class: str | None = None
-    gang: str = "builtin"
+    gang: str = gangs.DEFAULT
     #: names of the shapes jobs of this partition may use; ``None``: all of them
     shapes: tuple[str, ...] | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -310,7 +312,7 @@ def _partition_rule(name: str, s: _Section | None, base: PartitionRule,
         name=name,
         bridged=s.get("bridged", _bool, base.bridged),
         namespace=s.get("namespace", _dns_label, base.namespace),
-        queue=s.get_optional("queue", _dns_subdomain, base.queue),
+        queue=s.get_optional("queue", _queue_name, base.queue),
         priority_class=s.get_optional("priority_class", _dns_subdomain, base.priority_class),
         gang=s.get("gang", _gang, base.gang),
         shapes=s.get_optional("shapes", _shape_names(shapes), base.shapes),
@@ -319,8 +321,9 @@ def _partition_rule(name: str, s: _Section | None, base: PartitionRule,
         service_account=s.get_optional("service_account", _dns_subdomain, base.service_account),
     )
     s.refuse_unknown()
-    if rule.bridged and rule.gang == "kueue" and rule.queue is None:
-        raise ConfigError(f"{key}.queue", "is required when gang is kueue (the LocalQueue name)", source)
+    if rule.bridged and gangs.backend(rule.gang).needs_queue and rule.queue is None:
+        raise ConfigError(f"{key}.queue", f"is required when gang is {rule.gang} (the LocalQueue name)",
+                          source)
     return rule
 
 
@@ -333,7 +336,7 @@ def _parse_accounts(section: _Section | None, source: str | None) -> dict[str, A
         out[name] = AccountRule(
             name=name,
             namespace=a.get_optional("namespace", _dns_label),
-            queue=a.get_optional("queue", _dns_subdomain),
+            queue=a.get_optional("queue", _queue_name),
             priority_class=a.get_optional("priority_class", _dns_subdomain),
         )
         a.refuse_unknown()
@@ -449,7 +452,12 @@ _dns_label = _matching(_DNS_LABEL, "must be a DNS label: lowercase letters, digi
 _dns_subdomain = _matching(_DNS_SUBDOMAIN, "must be a DNS subdomain name: lowercase letters, digits, '-' and '.'")
 _slurm_name = _matching(_SLURM_NAME, "may use letters, digits, '.', '_', '+', '-'", 64)
 _label_value_nonempty = _matching(_LABEL_VALUE, "must be a Kubernetes label value", 63)
-_image = _matching(_IMAGE, "must be a container image reference", 512)
+_image = _matching(contract.IMAGE_PATTERN, "must be a container image reference", contract.IMAGE_MAX)
+_image_prefix = _matching(_IMAGE_PREFIX, "must be the start of a container image reference",
+                          contract.IMAGE_MAX)
+_queue_name = _matching(_DNS_SUBDOMAIN, "must be a queue name: lowercase letters, digits, '-' and '.', "
+                        f"at most {contract.QUEUE_NAME_MAX} (it becomes a label value)",
+                        contract.QUEUE_NAME_MAX)
 
 
 def _cluster_name(value: Any, key: str, source: str | None) -> str:
@@ -472,8 +480,8 @@ def _is_partition_name(text: str) -> bool:
 
 
 def _gang(value: Any, key: str, source: str | None) -> str:
-    if value not in GANG_BACKENDS:
-        raise ConfigError(key, f"must be one of {', '.join(GANG_BACKENDS)} (got {value!r})", source)
+    if value not in gangs.BACKENDS:
+        raise ConfigError(key, f"must be one of {', '.join(gangs.BACKENDS)} (got {value!r})", source)
     return str(value)
 
 
@@ -560,7 +568,7 @@ def _command(value: Any, key: str, source: str | None) -> tuple[str, ...]:
 
 def _image_prefixes(value: Any, key: str, source: str | None) -> tuple[str, ...]:
     items = _list(value, key, source)
-    return tuple(_image(v, f"{key}[{i}]", source) for i, v in enumerate(items))
+    return tuple(_image_prefix(v, f"{key}[{i}]", source) for i, v in enumerate(items))
 
 
 def _dns_subdomain_list(value: Any, key: str, source: str | None) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ names the offending key.
 
 from __future__ import annotations
 
-MESSAGE_PREFIX = "k8s-bridge: "
+import re
+
+from slurm_k8s_bridge.core.contract import MESSAGE_PREFIX
 
 
 class BridgeRefusal(Exception):
@@ -24,6 +26,16 @@ class BridgeRefusal(Exception):
     def user_message(self) -> str:
         """The one line sbatch prints after ``sbatch: error: ``."""
         return MESSAGE_PREFIX + self.message
+
+
+def refusal(message: str, code: str) -> BridgeRefusal:
+    """A refusal whose message is one line whatever the user typed."""
+    return BridgeRefusal(re.sub(r"[\x00-\x1f\x7f]", "?", message), code)
+
+
+def shown(text: str | None) -> str:
+    """A value as the user typed it, or nothing."""
+    return text if text is not None else ""
 
 
 class SbatchRefusal(BridgeRefusal):

@@ -21,15 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from slurm_k8s_bridge.core.errors import BridgeRefusal
+from slurm_k8s_bridge.core.contract import SPANK_ENV_PREFIX, SPANK_PLUGIN_NAME, STAMP_PREFIX
 
-STAMP_PREFIX = "k8sb1:"
-#: Prefix of SPANK option variables in ``job_desc->spank_job_env``.
-SPANK_ENV_PREFIX = "_SLURM_SPANK_OPTION_"
-#: The SPANK plugin's name (``SPANK_PLUGIN(k8s_bridge, 1)``): option ``--k8s-image`` arrives
-#: as ``_SLURM_SPANK_OPTION_k8s_bridge_k8s_image=<value>``.
-SPANK_PLUGIN_NAME = "k8s_bridge"
 #: Time limit meaning "no limit" (Slurm's INFINITE), kept as -1 here.
 UNLIMITED = -1
+# Slurm's "not set" and "no limit" values, in case a producer passes them through raw.
+NO_VAL = 0xFFFFFFFE
+NO_VAL16 = 0xFFFE
+NO_VAL64 = 0xFFFFFFFFFFFFFFFE
+INFINITE = 0xFFFFFFFF
+NOT_SET = frozenset({NO_VAL, NO_VAL16, NO_VAL64})
+
+
+def given(value: int | None) -> int | None:
+    """``None`` for "not set", whether the producer passed None or Slurm's NO_VAL."""
+    if value is None or value in NOT_SET:
+        return None
+    return value
 
 
 @dataclass(frozen=True)

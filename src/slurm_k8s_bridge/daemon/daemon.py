@@ -52,7 +52,8 @@ from slurm_k8s_bridge.daemon.mirror import (
 )
 from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
 from slurm_k8s_bridge.slurm.records import SlurmJob, SlurmNode, eligible
-from slurm_k8s_bridge.core.normalize import normalize, render
+from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.render import render
 
 LOG = logging.getLogger("slurm_k8s_bridge.daemon")
 ARRAY_TASK_LABEL = "slurm-k8s-bridge.io/array-task-id"

@@ -26,7 +26,7 @@ from typing import Any
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_memory_mb
 from slurm_k8s_bridge.slurm.records import SlurmNode
 from slurm_k8s_bridge.slurm.conf import MIRROR_NODE_FEATURE
-from slurm_k8s_bridge.core.normalize import LABEL_PREFIX, MANAGED_BY
+from slurm_k8s_bridge.core.contract import LABEL_PREFIX, MANAGED_BY
 
 MIRROR_PREFIX = "k8s-"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -58,7 +58,7 @@ from tenacity import (
 )
 
 from slurm_k8s_bridge.daemon.mirror import UNFINISHED_PODS, GpuPod, gpu_pod
-from slurm_k8s_bridge.core.normalize import LABEL_PREFIX, MANAGED_BY
+from slurm_k8s_bridge.core.contract import LABEL_PREFIX, MANAGED_BY
 
 log = logging.getLogger(__name__)
 

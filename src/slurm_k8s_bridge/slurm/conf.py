@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape
-from slurm_k8s_bridge.core.normalize import POD_NODE_FEATURE
+from slurm_k8s_bridge.core.contract import POD_NODE_FEATURE
 
 #: NodeSets of the bridged partitions: the pods' dynamic slurmd (``slurmd -Z`` with
 #: Feature=k8s-pod) and the CLOUD nodes mirroring Kubernetes GPU nodes for sinfo.

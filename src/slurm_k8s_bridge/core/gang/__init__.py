@@ -1,0 +1,34 @@
+"""Gang backends behind one interface (``base.GangBackend``), one module each.
+
+The rest of the bridge asks ``backend(name)`` -- never compares a backend's name. A new
+backend is one new module beside these and one line in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from slurm_k8s_bridge.core.gang.base import GangBackend, ObjectKind
+from slurm_k8s_bridge.core.gang.builtin import BuiltinGang
+from slurm_k8s_bridge.core.gang.kueue import KueueGang
+from slurm_k8s_bridge.core.gang.volcano import VolcanoGang
+
+#: every backend, by the ``gang:`` value that selects it (the first is the default)
+BACKENDS: Mapping[str, GangBackend] = {b.name: b for b in (BuiltinGang(), KueueGang(), VolcanoGang())}
+DEFAULT = "builtin"
+
+
+def backend(name: str) -> GangBackend:
+    """The backend a partition's ``gang:`` names (validated when the config is loaded)."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown gang backend {name!r} (known: {', '.join(BACKENDS)})") from None
+
+
+def extra_kinds() -> tuple[ObjectKind, ...]:
+    """The kinds, besides Service and Job, that some backend creates."""
+    return tuple(kind for b in BACKENDS.values() for kind in b.kinds)
+
+
+__all__ = ["BACKENDS", "DEFAULT", "GangBackend", "ObjectKind", "backend", "extra_kinds"]
