@@ -23,6 +23,7 @@
 #include <slurm/spank.h> /* slurm_info, slurm_error */
 
 #include "k8s_pyembed.h"
+#include "k8sb_contract.h" /* generated from core/contract.py at build */
 
 const char plugin_name[] = "slurm-k8s-bridge job_submit plugin";
 const char plugin_type[] = "job_submit/k8s";
@@ -32,7 +33,8 @@ const uint32_t plugin_version = SLURM_VERSION_NUMBER;
 extern char *slurm_xstrdup(const char *str);
 extern void slurm_xfree(void **item);
 
-#define K8SB_PY_MAGIC 0x6b38
+/* the contract this plugin was built with, for the build test to read back */
+static const char k8sb_contract_fingerprint[] __attribute__((used)) = K8SB_CONTRACT_FINGERPRINT;
 
 /* Implemented in Python (cffi embedding API, see plugin_build.JOB_SUBMIT_API). */
 int k8sb_js_ping(void);
@@ -90,7 +92,7 @@ static int refuse_unavailable(char **err_msg)
 	char msg[1280];
 
 	snprintf(msg, sizeof(msg),
-		 "k8s-bridge: job submission is unavailable: the bridge could not start (%s); "
+		 K8SB_MESSAGE_PREFIX "job submission is unavailable: the bridge could not start (%s); "
 		 "ask your administrator",
 		 bridge_error);
 	if (err_msg)
@@ -104,7 +106,7 @@ static int python_rc(int rc, char **err_msg)
 	if (rc >= 0)
 		return rc;
 	if (err_msg && !*err_msg)
-		*err_msg = slurm_xstrdup("k8s-bridge: internal error while checking this job; "
+		*err_msg = slurm_xstrdup(K8SB_MESSAGE_PREFIX "internal error while checking this job; "
 					 "see slurmctld's log");
 	return ESLURM_NOT_SUPPORTED;
 }
@@ -167,7 +169,7 @@ static int modify(job_desc_msg_t *job_desc, struct job_record *job_ptr, uint32_t
 	pthread_mutex_lock(&call_lock);
 	if (!bridge_ready()) {
 		/* only bridged jobs (stamped) need Python; leave the others alone */
-		rc = (stamp && !strncmp(stamp, "k8sb", 4)) ? refuse_unavailable(err_msg)
+		rc = (stamp && !strncmp(stamp, K8SB_STAMP_FAMILY, strlen(K8SB_STAMP_FAMILY))) ? refuse_unavailable(err_msg)
 							   : SLURM_SUCCESS;
 	} else {
 		rc = python_rc(k8sb_js_modify(job_desc, stamp, uid, err_msg, &new_stamp),

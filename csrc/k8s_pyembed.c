@@ -17,9 +17,10 @@
 #include <string.h>
 
 #include "k8s_pyembed.h"
+#include "k8sb_contract.h" /* generated from core/contract.py at build */
 
 #ifndef K8SB_DEFAULT_CONFIG
-#define K8SB_DEFAULT_CONFIG "/etc/slurm/k8s-bridge.yaml"
+#error "K8SB_DEFAULT_CONFIG comes from k8sb_contract.h or the build"
 #endif
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -27,7 +28,7 @@ static PyGILState_STATE fork_gil;
 
 const char *k8sb_default_config_path(void)
 {
-	const char *env = getenv("SLURM_K8S_BRIDGE_CONFIG");
+	const char *env = getenv(K8SB_CONFIG_ENV);
 	return (env && *env) ? env : K8SB_DEFAULT_CONFIG;
 }
 

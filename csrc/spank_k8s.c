@@ -23,7 +23,14 @@
 
 #include <slurm/spank.h>
 
-SPANK_PLUGIN(k8s_bridge, 1);
+#include "k8sb_contract.h" /* generated from core/contract.py at build */
+
+/* SPANK_PLUGIN stringifies its argument: expand K8SB_SPANK_NAME first */
+#define K8SB_SPANK_PLUGIN(name, version) SPANK_PLUGIN(name, version)
+K8SB_SPANK_PLUGIN(K8SB_SPANK_NAME, 1);
+
+/* the contract this plugin was built with, for the build test to read back */
+static const char k8sb_contract_fingerprint[] __attribute__((used)) = K8SB_CONTRACT_FINGERPRINT;
 
 #define NAME "spank_k8s"
 
@@ -34,10 +41,10 @@ static char config_path[PATH_MAX];
 static int check_image(const char *v)
 {
 	size_t n = strlen(v);
-	if (n == 0 || n > 255)
+	if (n == 0 || n > K8SB_IMAGE_MAX)
 		return -1;
 	for (; *v; v++)
-		if (!isalnum((unsigned char) *v) && !strchr("._-/:@", *v))
+		if (!isalnum((unsigned char) *v) && !strchr(K8SB_IMAGE_PUNCTUATION, *v))
 			return -1;
 	return 0;
 }
@@ -68,7 +75,7 @@ static int opt_image(int val, const char *optarg, int remote)
 
 static int opt_queue(int val, const char *optarg, int remote)
 {
-	if (!optarg || check_k8s_name(optarg, 63)) {
+	if (!optarg || check_k8s_name(optarg, K8SB_QUEUE_NAME_MAX)) {
 		slurm_error(NAME ": --k8s-queue: '%s' is not a valid queue name "
 			    "(lowercase letters, digits, '-' and '.')", optarg ? optarg : "");
 		return -1;
@@ -78,7 +85,7 @@ static int opt_queue(int val, const char *optarg, int remote)
 
 static int opt_priority(int val, const char *optarg, int remote)
 {
-	if (!optarg || check_k8s_name(optarg, 253)) {
+	if (!optarg || check_k8s_name(optarg, K8SB_PRIORITY_CLASS_MAX)) {
 		slurm_error(NAME ": --k8s-priority: '%s' is not a valid PriorityClass name",
 			    optarg ? optarg : "");
 		return -1;
@@ -87,11 +94,11 @@ static int opt_priority(int val, const char *optarg, int remote)
 }
 
 static struct spank_option options[] = {
-	{ "k8s-image", "IMAGE", "Container image for this job's pods (slurm-k8s-bridge)",
+	{ K8SB_IMAGE_OPTION, "IMAGE", "Container image for this job's pods (slurm-k8s-bridge)",
 	  1, 0, opt_image },
-	{ "k8s-queue", "QUEUE", "Kubernetes queue for this job (slurm-k8s-bridge)",
+	{ K8SB_QUEUE_OPTION, "QUEUE", "Kubernetes queue for this job (slurm-k8s-bridge)",
 	  1, 0, opt_queue },
-	{ "k8s-priority", "CLASS", "Kubernetes PriorityClass for this job (slurm-k8s-bridge)",
+	{ K8SB_PRIORITY_OPTION, "CLASS", "Kubernetes PriorityClass for this job (slurm-k8s-bridge)",
 	  1, 0, opt_priority },
 	SPANK_OPTIONS_TABLE_END
 };
@@ -101,10 +108,10 @@ static struct spank_option options[] = {
 static int parse_args(int ac, char **av)
 {
 	int i;
-	const char *env = getenv("SLURM_K8S_BRIDGE_CONFIG");
+	const char *env = getenv(K8SB_CONFIG_ENV);
 
 	snprintf(config_path, sizeof(config_path), "%s",
-		 (env && *env) ? env : "/etc/slurm/k8s-bridge.yaml");
+		 (env && *env) ? env : K8SB_DEFAULT_CONFIG);
 	for (i = 0; i < ac; i++) {
 		if (!strncmp(av[i], "config=", 7) && av[i][7]) {
 			snprintf(config_path, sizeof(config_path), "%s", av[i] + 7);
@@ -176,7 +183,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	char *out, *line, *save = NULL, err[512] = "";
 	int rc = 0;
 
-	if (!spank_remote(sp) || !getenv("SLURM_K8S_JOB_ID"))
+	if (!spank_remote(sp) || !getenv(K8SB_POD_JOB_ID_ENV))
 		return 0; /* not a bridged pod: nothing to do */
 	spank_get_item(sp, S_JOB_ID, &job_id);
 	spank_get_item(sp, S_JOB_UID, &uid);

@@ -9,8 +9,9 @@
 #include <slurm/spank.h>
 
 #include "k8s_pyembed.h"
+#include "k8sb_contract.h" /* generated from core/contract.py at build */
 
-#define K8SB_PY_MAGIC 0x6b38
+static const char k8sb_contract_fingerprint[] __attribute__((used)) = K8SB_CONTRACT_FINGERPRINT;
 
 /* Implemented in Python (cffi embedding API, see plugin_build.SPANK_API). */
 int k8sb_sp_ping(void);

@@ -154,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kubernetes import config as kube_config
 
     from slurm_k8s_bridge.core.config import job_namespaces
-    from slurm_k8s_bridge.daemon.daemon import BridgeDaemon, serve_metrics, setup_logging
+    from slurm_k8s_bridge.daemon.daemon import BridgeDaemon
+    from slurm_k8s_bridge.daemon.metrics import serve_metrics, setup_logging
     from slurm_k8s_bridge.kube.access import KubeAccess
     from slurm_k8s_bridge.slurm.client import SlurmClient
 

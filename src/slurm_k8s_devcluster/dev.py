@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from slurm_k8s_bridge.core.config import job_namespaces, parse_config
-from slurm_k8s_bridge.kube.access import required_rbac
+from slurm_k8s_bridge.kube.rbac import required_rbac
 from slurm_k8s_devcluster.bridge import BridgeCluster, load_example_config, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_devcluster.slurm import (

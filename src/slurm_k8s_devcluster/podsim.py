@@ -38,13 +38,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from slurm_k8s_bridge.core import contract
 from slurm_k8s_devcluster.k8s import KWOK_NODE_ANNOTATION
 from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 
 LOG = logging.getLogger("slurm_k8s_devcluster.podsim")
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-CLUSTER_LABEL = "slurm-k8s-bridge.io/cluster"
+CLUSTER_LABEL = contract.CLUSTER_LABEL
 MANAGED_BY = "slurm-k8s-bridge"
 #: pod environment passed on to the stand-in slurmd (what the worker image's slurmd sees)
 POD_IDENTITY_ENV = ("SLURM_K8S_CLUSTER", "SLURM_K8S_JOB_ID", "SLURM_K8S_ARRAY_TASK_ID",

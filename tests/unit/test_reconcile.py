@@ -1,7 +1,16 @@
-"""The daemon's decisions (reconcile.plan), on literal observations."""
+"""The daemon's decisions (daemon.plan), on literal observations."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from slurm_k8s_bridge.core.config import load_config
+from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.render import render
+from slurm_k8s_bridge.core.request import SlurmJobRequest
+from slurm_k8s_bridge.daemon import plan as planner
 from slurm_k8s_bridge.daemon.plan import (
     BridgedJob,
     CreateGang,
@@ -9,21 +18,46 @@ from slurm_k8s_bridge.daemon.plan import (
     DeleteNodes,
     Gang,
     GangKey,
-    HoldJob,
     NodesDown,
     PinAndRelease,
     PodInfo,
     SetComment,
     World,
-    plan,
 )
 
+pytestmark = pytest.mark.unit
+
 K1, K2, K3 = GangKey(101), GangKey(102), GangKey(103)
+CONFIG = load_config(Path(__file__).resolve().parents[2] / "slurm_plugins" / "k8s-bridge.example.yaml")
+REQUEST = normalize(SlurmJobRequest(partition="gpu", min_nodes=2, tres_per_node="gres:gpu:1",
+                                    user_id=1000, group_id=1000), CONFIG)
+
+
+def plan(world, **kw):
+    return planner.plan(world, CONFIG, **kw)
 
 
 def job(key, state="PENDING", held=True, eligible=True, **kw):
+    kw.setdefault("request", REQUEST)
     return BridgedJob(key=key, state=state, held=held, eligible=eligible,
                       order=("2026-01-01T00:00:00", key.job_id), **kw)
+
+
+def test_the_create_action_carries_the_rendered_objects():
+    p = plan(World(jobs=[job(K1)], gangs={}, slurm_nodes={}))
+    create = next(a for a in p.actions if isinstance(a, CreateGang))
+    assert list(create.objects) == render(REQUEST, CONFIG, K1.job_id)
+    assert create.pods == 2
+    assert [o["kind"] for o in create.objects] == ["Service", "Job"]
+
+
+def test_a_job_the_configuration_now_refuses_gets_the_reason_not_pods():
+    refused = job(K1, request=None, request_problem="cannot run with the current bridge "
+                                                    "configuration: too many GPUs")
+    p = plan(World(jobs=[refused, job(K2)], gangs={}, slurm_nodes={}), max_admitting=1)
+    assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [K2]
+    comment = [a.text for a in p.actions if isinstance(a, SetComment) and a.key == K1]
+    assert comment == ["k8s: cannot run with the current bridge configuration: too many GPUs"]
 
 
 def pod(i, phase="Running", scheduled=True, **kw):
@@ -201,8 +235,12 @@ def test_orphans_are_deleted_only_for_jobs_slurm_does_not_know():
 def test_array_tasks_are_separate_gangs():
     t0, t1 = GangKey(200, 0), GangKey(200, 1)
     assert t1.slurm_id == "200_1"
-    p = plan(World(jobs=[job(t0), job(t1)], gangs={}, slurm_nodes={}))
-    assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [t0, t1]
+    array = normalize(SlurmJobRequest(partition="gpu", min_nodes=1, tres_per_node="gres:gpu:1",
+                                      array_inx="0-1"), CONFIG)
+    p = plan(World(jobs=[job(t0, request=array), job(t1, request=array)], gangs={}, slurm_nodes={}))
+    creates = [a for a in p.actions if isinstance(a, CreateGang)]
+    assert [a.key for a in creates] == [t0, t1]
+    assert [a.objects[-1]["metadata"]["name"] for a in creates] == ["slurm-200-0", "slurm-200-1"]
 
 
 def test_unchanged_comment_is_not_rewritten():

@@ -20,9 +20,15 @@ Safety rules that the tests pin down:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Sequence, Union
+from typing import Any, Union
+
+from slurm_k8s_bridge.core.config import BridgeConfig
+from slurm_k8s_bridge.core.contract import COMMENT_PREFIX
+from slurm_k8s_bridge.core.normalize import BridgeRequest
+from slurm_k8s_bridge.core.render import render
 
 #: Slurm job states after which nothing of the job should remain in Kubernetes.
 FINISHED = frozenset({
@@ -31,7 +37,6 @@ FINISHED = frozenset({
 })
 ACTIVE = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT",
                     "SIGNALING", "RESIZING"})
-COMMENT_PREFIX = "k8s: "
 
 
 @dataclass(frozen=True, order=True)
@@ -62,6 +67,11 @@ class BridgedJob:
     order: tuple[str, int] = ("", 0)  # Slurm's start order among held jobs
     requeue: bool = True              # may Slurm requeue it after a node failure
     restarts: int = 0                 # Slurm's RestartCnt: requeues so far
+    #: what to create for it, normalized under the current configuration (known for the
+    #: held, eligible jobs without a gang: the candidates for admission)
+    request: BridgeRequest | None = None
+    #: why it cannot be admitted under the current configuration (then ``request`` is None)
+    request_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,11 @@ class World:
 # -- actions ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CreateGang:
+    """Create these objects, in order (``core.render``): the daemon executes, it decides nothing."""
+
     key: GangKey
+    objects: tuple[Mapping[str, Any], ...] = ()
+    pods: int = 0
 
 
 @dataclass(frozen=True)
@@ -279,10 +293,12 @@ MAX_START_FAILURES = 3
 FINISH_GRACE_S = 7.0
 
 
-def plan(world: World, max_admitting: int = 8, finish_grace: float = FINISH_GRACE_S) -> Plan:
+def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
+         finish_grace: float = FINISH_GRACE_S) -> Plan:
     """Every action needed now; ``max_admitting`` caps gangs created but not yet released;
     a finished job's objects go once it has been seen finished ``finish_grace`` seconds
-    (at once when cancelled, or when ``world.finished_for`` does not know it)."""
+    (at once when cancelled, or when ``world.finished_for`` does not know it). A gang to
+    create is rendered here, from the job's normalized request and ``config``."""
     out = Plan()
     seen: set[GangKey] = set()
     pending_new: list[BridgedJob] = []
@@ -364,11 +380,15 @@ def plan(world: World, max_admitting: int = 8, finish_grace: float = FINISH_GRAC
             _comment(job, out, status)
 
     for job in sorted(pending_new, key=lambda j: j.order):
+        if job.request is None:
+            _comment(job, out, job.request_problem or "its partition is no longer bridged")
+            continue
         if out.admitting >= max_admitting:
             _comment(job, out, f"queued: {max_admitting} jobs are already being admitted")
             continue
         out.admitting += 1
-        out.add(CreateGang(job.key))
+        objects = render(job.request, config, job.key.job_id, job.key.array_task_id)
+        out.add(CreateGang(job.key, tuple(objects), job.request.nodes))
         _comment(job, out, "creating pods")
 
     for key, gang in world.gangs.items():

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape
-from slurm_k8s_bridge.core.contract import POD_NODE_FEATURE
+from slurm_k8s_bridge.core.contract import (
+    DEFAULT_CONFIG_PATH,
+    MIRROR_NODE_FEATURE,
+    MIRROR_NODESET,
+    POD_NODE_FEATURE,
+    POD_NODESET,
+)
 
 #: NodeSets of the bridged partitions: the pods' dynamic slurmd (``slurmd -Z`` with
 #: Feature=k8s-pod) and the CLOUD nodes mirroring Kubernetes GPU nodes for sinfo.
-POD_NODESET = "k8spods"
-MIRROR_NODESET = "k8snodes"
-MIRROR_NODE_FEATURE = "k8s-node"
 
 
 def nodeset_lines(max_node_count: int = 1024) -> list[str]:
@@ -124,5 +127,5 @@ def render_conf_snippet(config: BridgeConfig, nodes_per_shape: int = 16) -> str:
            *inv.gres_lines,
            "",
            "# --- plugstack.conf ---",
-           "required spank_k8s.so config=/etc/slurm/k8s-bridge.yaml"]
+           f"required spank_k8s.so config={DEFAULT_CONFIG_PATH}"]
     return "\n".join(out) + "\n"

@@ -14,12 +14,13 @@ import threading
 import traceback
 from typing import Any
 
+from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.core.config import BridgeConfig, load_config
 from slurm_k8s_bridge.core.errors import BridgeRefusal, ConfigError
 from slurm_k8s_bridge.core.request import SlurmJobRequest, is_stamp, spank_options_from_env
 from slurm_k8s_bridge.core.normalize import normalize
 
-PING_MAGIC = 0x6b38
+PING_MAGIC = contract.PING_MAGIC
 
 
 class ConfigHolder:

@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from slurm_k8s_bridge.core import contract
+
 CSRC_DIR_ENV = "SLURM_K8S_BRIDGE_CSRC"
 DEBIAN_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/slurm-wlm"
 
@@ -38,6 +40,8 @@ ESLURM_CODES = (
     "ESLURM_INVALID_ARRAY", "ESLURM_INVALID_GRES_TYPE",
 )
 
+#: generated into the build directory from ``core.contract`` (never a file of csrc/)
+CONTRACT_HEADER = "k8sb_contract.h"
 JOB_SUBMIT_MODULE = "_slurm_k8s_job_submit"
 SPANK_PY_MODULE = "_slurm_k8s_spank"
 
@@ -223,14 +227,15 @@ def _compile_embedding(module: str, cdef: str, api: str, source: Path, init_code
 
 
 def _compile_plain(source: Path, headers: SlurmHeaders, exports: list[str], workdir: Path,
-                   target: str) -> Path:
+                   target: str, defines: list[tuple[str, str]]) -> Path:
     cc = sysconfig.get_config_var("CC") or "cc"
     script = workdir / "spank_k8s.map"
     script.write_text("{\n  global:\n    " + ";\n    ".join(exports) + ";\n  local: *;\n};\n")
     out = workdir / target
     cmd = cc.split() + [
         "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-fstack-protector-strong",
-        "-D_FORTIFY_SOURCE=2", "-Wno-unused-parameter", f"-I{headers.include_dir}",
+        "-D_FORTIFY_SOURCE=2", "-Wno-unused-parameter", f"-I{workdir}", f"-I{headers.include_dir}",
+        *(f"-D{name}={value}" for name, value in defines if name == "K8SB_DEFAULT_CONFIG"),
         str(source), "-o", str(out), "-Wl,-z,relro", "-Wl,-z,now",
         f"-Wl,--version-script={script}", "-ldl",
     ]
@@ -288,7 +293,7 @@ def realise_job_desc(job_submit_so: Path, workdir: Path) -> dict[str, object]:
 
 
 def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None = None,
-                  default_config: str = "/etc/slurm/k8s-bridge.yaml",
+                  default_config: str = contract.DEFAULT_CONFIG_PATH,
                   python_path: list[str] | None = None) -> list[Path]:
     """Compile the three plugin libraries into ``out_dir``; return their paths.
 
@@ -304,8 +309,11 @@ def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None 
     results: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="k8sb-build-") as tmp:
         work = Path(tmp)
-        for name in ("job_submit_k8s.c", "spank_k8s_py.c", "k8s_pyembed.c", "k8s_pyembed.h"):
+        for name in ("job_submit_k8s.c", "spank_k8s_py.c", "spank_k8s.c", "k8s_pyembed.c",
+                     "k8s_pyembed.h"):
             shutil.copy(csrc / name, work / name)
+        # the contract the C shims share with the Python (core/contract.py)
+        (work / CONTRACT_HEADER).write_text(contract.c_header())
         js = _compile_embedding(
             JOB_SUBMIT_MODULE,
             _job_desc_cdef(headers) + JOB_DESC_CDEF + LOG_CDEF + constants,
@@ -324,9 +332,9 @@ def build_plugins(out_dir: str | os.PathLike[str], *, slurm_include: str | None 
             _init_code(SPANK_PY_MODULE, "slurm.spank", "spank_k8s"),
             headers, work, defines,
             ["k8sb_spank_task_env", f"PyInit_{SPANK_PY_MODULE}"], work, "spank_k8s_py.so")
-        sp = _compile_plain(csrc / "spank_k8s.c", headers,
+        sp = _compile_plain(work / "spank_k8s.c", headers,
                             ["plugin_name", "plugin_type", "plugin_version", "spank_*",
-                             "slurm_spank_*"], work, "spank_k8s.so")
+                             "slurm_spank_*"], work, "spank_k8s.so", defines)
         for built in (js, sp, sp_py):
             dest = out / built.name
             tmp_dest = dest.with_suffix(".so.new")

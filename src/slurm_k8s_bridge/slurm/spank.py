@@ -12,9 +12,10 @@ import re
 import traceback
 from typing import Any, Mapping
 
+from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.core.config import load_config
 
-PING_MAGIC = 0x6b38
+PING_MAGIC = contract.PING_MAGIC
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Variables the pod's slurmd was started with that tasks should see too.
 POD_IDENTITY = ("SLURM_K8S_CLUSTER", "SLURM_K8S_NAMESPACE", "POD_NAME", "POD_IP")

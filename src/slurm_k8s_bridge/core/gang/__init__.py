@@ -7,6 +7,7 @@ backend is one new module beside these and one line in ``BACKENDS``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from slurm_k8s_bridge.core.gang.base import GangBackend, ObjectKind
 from slurm_k8s_bridge.core.gang.builtin import BuiltinGang
@@ -26,9 +27,21 @@ def backend(name: str) -> GangBackend:
         raise ValueError(f"unknown gang backend {name!r} (known: {', '.join(BACKENDS)})") from None
 
 
+def waiting_reason(job: Mapping[str, Any]) -> str:
+    """Why a gang's Job is not admitted yet ("" once admitted), asking the backends (the
+    default one last): the Job itself says which backend holds it (Kueue's queue label,
+    ...)."""
+    others = [b for name, b in BACKENDS.items() if name != DEFAULT]
+    for b in others:
+        why = b.waiting(job)
+        if why:
+            return why
+    return BACKENDS[DEFAULT].waiting(job)
+
+
 def extra_kinds() -> tuple[ObjectKind, ...]:
     """The kinds, besides Service and Job, that some backend creates."""
     return tuple(kind for b in BACKENDS.values() for kind in b.kinds)
 
 
-__all__ = ["BACKENDS", "DEFAULT", "GangBackend", "ObjectKind", "backend", "extra_kinds"]
+__all__ = ["BACKENDS", "DEFAULT", "GangBackend", "ObjectKind", "backend", "extra_kinds", "waiting_reason"]
