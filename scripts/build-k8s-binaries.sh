@@ -34,6 +34,8 @@ STAMP="${OUT_DIR}/.complete"
 
 log() { echo "[build-k8s-binaries] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---- warm path ----------------------------------------------------------------
 if [[ -f "${STAMP}" ]]; then
@@ -41,12 +43,7 @@ if [[ -f "${STAMP}" ]]; then
     exit 0
 fi
 
-[[ -x "${GO}" ]] || die "go not found (set GO=/path/to/go)"
-[[ "${K8S_VERSION}" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] \
-    || die "K8S_VERSION must look like v1.MINOR.PATCH, got ${K8S_VERSION}"
-K8S_MINOR="${BASH_REMATCH[1]}"
-K8S_PATCH="${BASH_REMATCH[2]}"
-STAGING_VERSION="v0.${K8S_MINOR}.${K8S_PATCH}"   # k8s.io/<staging> tag matching v1.X.Y
+parse_k8s_version   # scripts/lib.sh: K8S_MINOR, K8S_PATCH, STAGING_VERSION
 
 mkdir -p "${OUT_DIR}"
 # Serialise concurrent builds of the same version set.

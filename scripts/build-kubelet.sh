@@ -25,6 +25,8 @@ NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 uti
 
 log() { echo "[build-kubelet] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 install_deps() {
     local missing=() p
@@ -40,19 +42,7 @@ install_deps() {
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    # podman on this host family: runc (crun fails on hybrid cgroup v1) and ulimits within
-    # the host's hard limits (see /work/shared/notes). Only written when absent.
-    if [[ "$(id -u)" -eq 0 && ! -e /etc/containers/containers.conf ]]; then
-        mkdir -p /etc/containers
-        cat >/etc/containers/containers.conf <<'EOF'
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-runtime = "runc"
-EOF
-        log "wrote /etc/containers/containers.conf (runc, ulimits)"
-    fi
+    ensure_podman_conf scripts/build-kubelet.sh
     # The Debian containerd package starts a system containerd; the test node runs its own
     # (private root, state and socket) and never talks to it.
 }
@@ -80,12 +70,7 @@ if [[ -f "${STAMP}" && -x "${BIN_DIR}/kubelet" ]]; then
     exit 0
 fi
 
-[[ -x "${GO}" ]] || die "go not found (set GO=/path/to/go)"
-[[ "${K8S_VERSION}" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] \
-    || die "K8S_VERSION must look like v1.MINOR.PATCH, got ${K8S_VERSION}"
-K8S_MINOR="${BASH_REMATCH[1]}"
-K8S_PATCH="${BASH_REMATCH[2]}"
-STAGING_VERSION="v0.${K8S_MINOR}.${K8S_PATCH}"
+parse_k8s_version   # scripts/lib.sh: K8S_MINOR, K8S_PATCH, STAGING_VERSION
 
 mkdir -p "${OUT_DIR}"
 exec 9>"${OUT_DIR}/.lock"

@@ -54,6 +54,8 @@ install_deps=0
 usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 log() { echo "compose-cluster: $*" >&2; }
 die() { echo "compose-cluster: error: $*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -109,20 +111,7 @@ install_host_deps() {
 		apt-get update -qq
 		apt-get install -y -qq --no-install-recommends "${need[@]}" ca-certificates >/dev/null
 	fi
-	if [ ! -e /etc/containers/containers.conf ]; then
-		log "writing /etc/containers/containers.conf (runc, ulimits within the host's limits)"
-		mkdir -p /etc/containers
-		cat >/etc/containers/containers.conf <<'CONF'
-# written by slurm-k8s-bridge scripts/compose-cluster.sh --install-deps
-[containers]
-# podman's default limits may exceed the host's hard limits, which it cannot raise
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-# crun fails on hosts with hybrid cgroups; runc works
-runtime = "runc"
-CONF
-	fi
+	ensure_podman_conf "scripts/compose-cluster.sh --install-deps"
 }
 
 pick_engine() {

@@ -88,36 +88,19 @@ def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
             if entry != ffi.NULL:
                 env.append(ffi.string(entry).decode("utf-8", "replace"))
 
-    return SlurmJobRequest(
-        partition=text(jd.partition),
-        min_nodes=u32(jd.min_nodes),
-        max_nodes=u32(jd.max_nodes),
-        num_tasks=u32(jd.num_tasks),
-        ntasks_per_node=u16(jd.ntasks_per_node),
-        cpus_per_task=u16(jd.cpus_per_task),
-        pn_min_memory=memory,
-        mem_per_cpu=per_cpu,
-        tres_per_node=text(jd.tres_per_node),
-        tres_per_job=text(jd.tres_per_job),
-        tres_per_task=text(jd.tres_per_task),
-        tres_per_socket=text(jd.tres_per_socket),
-        ntasks_per_tres=u16(jd.ntasks_per_tres),
-        cpus_per_tres=text(jd.cpus_per_tres),
-        mem_per_tres=text(jd.mem_per_tres),
-        features=text(jd.features),
-        time_limit=time_limit,
-        shared=u16(jd.shared),
-        account=text(jd.account),
-        qos=text(jd.qos),
-        name=text(jd.name),
-        array_inx=text(jd.array_inx),
-        user_id=u32(jd.user_id),
-        group_id=u32(jd.group_id),
-        spank_options=spank_options_from_env(env),
-        het_job_offset=u32(jd.het_job_offset),
-        work_dir=text(jd.work_dir),
-        submit_line=text(jd.submit_line),
-    )
+    values: dict[str, Any] = {name: text(getattr(jd, name)) for name in _TEXT_FIELDS}
+    values.update({name: u32(getattr(jd, name)) for name in _U32_FIELDS})
+    values.update({name: u16(getattr(jd, name)) for name in _U16_FIELDS})
+    return SlurmJobRequest(**values, pn_min_memory=memory, mem_per_cpu=per_cpu,
+                           time_limit=time_limit, spank_options=spank_options_from_env(env))
+
+
+#: job_desc_msg_t fields read as they are, by their C type (the rest need conversion)
+_TEXT_FIELDS = ("partition", "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket",
+                "cpus_per_tres", "mem_per_tres", "features", "account", "qos", "name",
+                "array_inx", "work_dir", "submit_line")
+_U32_FIELDS = ("min_nodes", "max_nodes", "num_tasks", "user_id", "group_id", "het_job_offset")
+_U16_FIELDS = ("ntasks_per_node", "cpus_per_task", "ntasks_per_tres", "shared")
 
 
 #: Fields an update may change; identity and submission context never change.

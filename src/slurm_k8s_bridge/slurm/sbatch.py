@@ -25,10 +25,12 @@ Errors sbatch would print are raised as ``BridgeRefusal`` with sbatch's own word
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
 from slurm_k8s_bridge.core.contract import SPANK_OPTIONS
@@ -643,49 +645,24 @@ def _apply_hint(opts: _SbatchOptions) -> None:
 
 # -- job_desc ---------------------------------------------------------------------------
 
-@dataclass
 class _JobDesc:
-    """The job_desc fields sbatch sends, before and after the client-side GRES checks."""
+    """The job_desc fields sbatch sends -- exactly ``SlurmJobRequest``'s -- kept mutable while
+    the client-side GRES checks derive some of them from others."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    name: str | None = None
-    features: str | None = None
-    array_inx: str | None = None
-    work_dir: str | None = None
-    min_nodes: int | None = None
-    max_nodes: int | None = None
-    num_tasks: int | None = None
-    ntasks_per_node: int | None = None
-    cpus_per_task: int | None = None
-    pn_min_memory: int | None = None
-    mem_per_cpu: bool = False
-    tres_per_node: str | None = None
-    tres_per_job: str | None = None
-    tres_per_task: str | None = None
-    tres_per_socket: str | None = None
-    ntasks_per_tres: int | None = None
-    cpus_per_tres: str | None = None
-    mem_per_tres: str | None = None
-    time_limit: int | None = None
-    shared: int | None = None
-    spank_options: dict[str, str] = field(default_factory=dict)
+    def __init__(self, **given: Any) -> None:
+        for f in dataclasses.fields(SlurmJobRequest):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, f.name, default)
+        for name, value in given.items():
+            if not hasattr(self, name):
+                raise TypeError(f"job_desc has no field {name}")
+            setattr(self, name, value)
 
     def request(self, uid: int, gid: int, submit_line: str) -> SlurmJobRequest:
-        return SlurmJobRequest(
-            partition=self.partition, account=self.account, qos=self.qos, name=self.name,
-            features=self.features, array_inx=self.array_inx, work_dir=self.work_dir,
-            min_nodes=self.min_nodes, max_nodes=self.max_nodes, num_tasks=self.num_tasks,
-            ntasks_per_node=self.ntasks_per_node, cpus_per_task=self.cpus_per_task,
-            pn_min_memory=self.pn_min_memory, mem_per_cpu=self.mem_per_cpu,
-            tres_per_node=self.tres_per_node, tres_per_job=self.tres_per_job,
-            tres_per_task=self.tres_per_task, tres_per_socket=self.tres_per_socket,
-            ntasks_per_tres=self.ntasks_per_tres,
-            cpus_per_tres=self.cpus_per_tres, mem_per_tres=self.mem_per_tres,
-            time_limit=self.time_limit, shared=self.shared, spank_options=dict(self.spank_options),
-            user_id=uid, group_id=gid, submit_line=submit_line,
-        )
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SlurmJobRequest)}
+        values.update(spank_options=dict(values["spank_options"]), user_id=uid, group_id=gid,
+                      submit_line=submit_line)
+        return SlurmJobRequest(**values)
 
 
 def _job_desc(opts: _SbatchOptions, script_name: str | None) -> _JobDesc:
