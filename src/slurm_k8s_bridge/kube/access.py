@@ -246,6 +246,7 @@ class KubeAccess:
             configuration = copy.deepcopy(self.api_client.configuration)
             configuration.connection_pool_maxsize = max(int(configuration.connection_pool_maxsize or 1),
                                                         watches + 2)
+            configuration.retries = False   # a watch that breaks is the reflector's to restart
             return k8s_client.ApiClient(configuration=configuration)
         except Exception as exc:  # noqa: BLE001 - fall back to the caller's client
             log.warning("watches share the caller's ApiClient (%s)", exc)

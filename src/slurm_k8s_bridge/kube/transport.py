@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import urllib3
 
@@ -121,41 +120,44 @@ class _Reply:
 
 
 class _Http:
-    """JSON requests over an ApiClient's connection pool, with its credentials."""
+    """JSON requests through the official client's request pipeline: ``ApiClient.param_serialize``
+    (the query, the credentials -- ``update_params_for_auth``, token refresh included -- and the
+    host) and ``ApiClient.call_api`` (its REST client: connection pool, TLS, proxy), exactly as
+    its generated API classes call them, minus their models.
+
+    The client's ``Watch`` helper is not used for watches: with raw events
+    (``deserialize=False``) it does not follow the resourceVersion and fails on an ``ERROR``
+    event, and a read blocked in it cannot be interrupted; ``kube.cache`` streams the same
+    request itself.
+    """
 
     def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
         self.configuration = api_client.configuration
-        self.pool = api_client.rest_client.pool_manager
-        self.host = str(self.configuration.host).rstrip("/")
-
-    def _headers(self, query: list[tuple[str, str]]) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        for setting in (self.configuration.auth_settings() or {}).values():
-            if not setting.get("value"):
-                continue
-            if setting.get("in") == "header":
-                headers[setting["key"]] = setting["value"]
-            elif setting.get("in") == "query":
-                query.append((setting["key"], setting["value"]))
-        return headers
 
     def open(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, timeout: tuple[float, float]) -> Any:
         """Send one request; the urllib3 response, unread. Raises ``KubeApiError`` with the
         status for any non-2xx answer, with ``status`` None when no answer came."""
+        from kubernetes.client.exceptions import ApiException
+
         params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
-        headers = self._headers(params)
-        url = self.host + path + ("?" + urlencode(params) if params else "")
-        data = None
+        headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-            data = json.dumps(body).encode("utf-8")
         try:
-            resp = self.pool.request(method, url, body=data, headers=headers, preload_content=False,
-                                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-                                     retries=False)
+            method, url, headers, body, _ = self.api_client.param_serialize(
+                method, path, query_params=params, header_params=headers, body=body,
+                auth_settings=list(self.configuration.auth_settings() or {}))
+            headers["User-Agent"] = USER_AGENT
+            reply = self.api_client.call_api(method, url, header_params=headers, body=body,
+                                             _request_timeout=timeout)
+        except ApiException as exc:   # status 0: the TLS handshake failed
+            raise KubeApiError(method, path, "", exc.status or None,
+                               f"no answer ({exc.reason})") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(method, path, "", None, f"no answer ({type(exc).__name__}: {exc})") from exc
+        resp = reply.response
         if not 200 <= resp.status <= 299:
             try:
                 raw = resp.data
