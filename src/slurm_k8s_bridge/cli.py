@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -185,25 +186,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dev_cluster(args: argparse.Namespace) -> int:
-    try:
-        from slurm_k8s_devcluster.dev import DevCluster
-    except ImportError as exc:
+def cmd_dev_cluster(argv: Sequence[str]) -> int:
+    """``dev-cluster``: the development harness's own command (``python -m
+    slurm_k8s_devcluster``), found, not imported: the bridge never imports its harness."""
+    if importlib.util.find_spec("slurm_k8s_devcluster") is None:
         print("slurm-k8s-bridge: error: dev-cluster needs the development harness "
               "(slurm_k8s_devcluster), which a plain install of the bridge does not ship: "
-              f"run it from a source checkout ('pip install -e .' there) ({exc})", file=sys.stderr)
+              "run it from a source checkout ('pip install -e .' there)", file=sys.stderr)
         return 2
-
-    kwok = args.kwok_nodes if args.kwok_nodes is not None else (0 if args.real_node else 4)
-    dev = DevCluster(Path(args.dir), kwok_nodes=kwok, real_node=args.real_node,
-                     worker_image=args.worker_image)
-    if args.action == "up":
-        dev.up()
-        return 0
-    if args.action == "status":
-        return dev.status()
-    dev.down()
-    return 0
+    os.execv(sys.executable, [sys.executable, "-m", "slurm_k8s_devcluster", *argv])
+    return 2  # not reached
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -262,21 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=cmd_run)
 
-    dc = sub.add_parser("dev-cluster", help="a whole local cluster: Slurm, Kubernetes "
-                        "(KWOK GPU nodes) and the bridge daemon")
-    dc.add_argument("action", choices=("up", "status", "down"))
-    dc.add_argument("--dir", default="/var/tmp/slurm-k8s-bridge-dev",
-                    help="where it lives (default /var/tmp/slurm-k8s-bridge-dev)")
-    dc.add_argument("--kwok-nodes", type=int, default=None,
-                    help="simulated h100 GPU nodes (default 4; 0 with --real-node: pods placed "
-                    "on a simulated node run nothing)")
-    dc.add_argument("--real-node", action="store_true",
-                    help="also start a real kubelet node (containerd, runc, CNI bridge) that "
-                    "runs the worker image, so jobs really run (build it first: "
-                    "scripts/build-images.sh)")
-    dc.add_argument("--worker-image", default="localhost/slurm-k8s-bridge-worker:bookworm",
-                    help="worker image (in podman's store) for --real-node")
-    dc.set_defaults(func=cmd_dev_cluster)
+    # handled before parsing (main): the harness parses its own arguments
+    sub.add_parser("dev-cluster", add_help=False,
+                   help="a whole local cluster: Slurm, Kubernetes (KWOK GPU nodes or a real "
+                   "kubelet) and the bridge daemon (source checkout only; "
+                   "'dev-cluster --help')")
 
     sc = sub.add_parser("slurm-conf", help="print the slurm.conf/gres.conf/plugstack.conf "
                         "lines a bridged partition needs")
@@ -294,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev-cluster"]:
+        return cmd_dev_cluster(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -31,12 +31,8 @@ from slurm_k8s_bridge.core.config import job_namespaces, parse_config
 from slurm_k8s_bridge.kube.rbac import required_rbac
 from slurm_k8s_devcluster.bridge import BridgeCluster, load_example_config, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
-from slurm_k8s_devcluster.slurm import (
-    LocalSlurmCluster,
-    _kill_pid,
-    _proc_starttime,
-    read_pid_record,
-)
+from slurm_k8s_devcluster.slurm import LocalSlurmCluster
+from slurm_k8s_devcluster.supervisor import kill_pid, proc_starttime, read_pid_record
 
 #: subnet of the dev cluster's network namespaces (tests use 100-199)
 DEV_SUBNET = 90
@@ -244,7 +240,7 @@ class DevCluster:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
         self.daemon_pid_file.write_text(json.dumps(
-            {"bridge-daemon": {"pid": proc.pid, "start": _proc_starttime(proc.pid),
+            {"bridge-daemon": {"pid": proc.pid, "start": proc_starttime(proc.pid),
                                "metrics_port": port}}))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # bounded: ready when /healthz answers
@@ -293,7 +289,7 @@ class DevCluster:
     def down(self) -> None:
         for pid, alive in read_pid_record(self.daemon_pid_file).values():
             if alive:
-                _kill_pid(pid, grace=10)
+                kill_pid(pid, grace=10)
         self.daemon_pid_file.unlink(missing_ok=True)
         kube = self._kube()
         if self._real is not None:

@@ -28,73 +28,56 @@ and Job controllers from being client-throttled when hundreds of nodes or pods a
 ``start()`` after ``stop()`` on the same ``base_dir`` resumes: PKI and etcd data are
 kept, new free ports are chosen.
 
+The pieces: k8s_binaries.py (building the binaries), k8s_pki.py (certificates and
+kubeconfigs), k8s_nodes.py (GPU node labels, KWOK's stages); processes go through
+supervisor.py. Real kubelet nodes join with kubelet.py.
+
 Requires the ``openssl`` CLI and the ``kubernetes`` Python client.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import re
-import secrets
-import shutil
-import socket
-import signal
 import ssl
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slurm_k8s_devcluster.slurm import (
-    ClusterError,
-    _kill_pid,
-    _proc_starttime,
-    _tail,
-    read_pid_record,
-    tail_logs,
+from slurm_k8s_devcluster.errors import KubeClusterError
+from slurm_k8s_devcluster.k8s_binaries import (
+    BIN_ENV,
+    K8S_VERSION,
+    _missing_binaries,
+    ensure_k8s_binaries,
+)
+from slurm_k8s_devcluster.k8s_nodes import (
+    GPU_PRODUCTS,
+    KWOK_NODE_ANNOTATION,
+    _node_names,
+    _node_schedulable,
+    _parse_taint,
+    _quantity,
+    gpu_node_labels,
+    write_kwok_stages,
+)
+from slurm_k8s_devcluster.k8s_pki import _kubeconfig_text, _write_private, ensure_cluster_pki
+from slurm_k8s_devcluster.subnets import free_ports
+from slurm_k8s_devcluster.supervisor import Supervised, Supervisor, kill_recorded, wait_until
+
+# Moved to k8s_binaries.py; still importable from here.
+from slurm_k8s_devcluster.k8s_binaries import (  # noqa: F401
+    COMPONENTS,
+    ETCD_VERSION,
+    KWOK_VERSION,
+    TOOLS,
 )
 
-K8S_VERSION = "v1.34.10"
-ETCD_VERSION = "v3.5.35"
-KWOK_VERSION = "v0.8.0"
-BIN_ENV = "SLURM_K8S_BRIDGE_K8S_BIN"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-#: built with them, for people using a dev cluster (not started)
-TOOLS = ("kubectl",)
-KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-BUILD_SCRIPT = Path("scripts") / "build-k8s-binaries.sh"
-STAGES_RELPATH = Path("share") / "kwok" / "stages-fast.yaml"
-
-# Taints the node lifecycle controller keeps on a node that is not (yet) Ready.
-_NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
-
-# gpu-feature-discovery style facts: product label -> (memory MiB, family).
-GPU_PRODUCTS: dict[str, tuple[int, str]] = {
-    "NVIDIA-H100-80GB-HBM3": (81559, "hopper"),
-    "NVIDIA-H100-NVL": (95830, "hopper"),
-    "NVIDIA-H200": (143771, "hopper"),
-    "NVIDIA-GH200-480GB": (97871, "hopper"),
-    "NVIDIA-B200": (183359, "blackwell"),
-    "NVIDIA-A100-SXM4-80GB": (81920, "ampere"),
-    "NVIDIA-A100-SXM4-40GB": (40960, "ampere"),
-    "NVIDIA-A100-80GB-PCIe": (81920, "ampere"),
-    "NVIDIA-L40S": (46068, "ada-lovelace"),
-    "NVIDIA-L4": (23034, "ada-lovelace"),
-    "Tesla-V100-SXM2-32GB": (32768, "volta"),
-    "Tesla-T4": (15360, "turing"),
-}
-
 T = TypeVar("T")
-
-
-class KubeClusterError(ClusterError):
-    """The local Kubernetes cluster could not be built, started or driven."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -108,199 +91,13 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval:
     timeout error). ``check`` runs before every poll and may raise to abort early (e.g.
     when a daemon died). Raises ``KubeClusterError`` after ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        if check is not None:
-            check()
-        try:
-            value = predicate()
-        except Exception as exc:  # noqa: BLE001 - polling: errors mean "not yet"
-            last_exc = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
-            raise KubeClusterError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(interval)
+    def timed_out(last_exc: BaseException | None) -> KubeClusterError:
+        detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
+        return KubeClusterError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the kernel reports free on ``host`` right now."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _source_root() -> Path | None:
-    """The source checkout holding this package (``src/slurm_k8s_bridge/devcluster``)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / BUILD_SCRIPT).is_file() else None
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "slurm-k8s-bridge" / "k8s"
-
-
-def _missing_binaries(bin_dir: Path) -> list[str]:
-    return [c for c in (*COMPONENTS, *TOOLS) if not os.access(bin_dir / c, os.X_OK)]
-
-
-def ensure_k8s_binaries(timeout: float = 3600.0) -> Path:
-    """Return a directory holding etcd, kube-apiserver, kube-controller-manager,
-    kube-scheduler and kwok, building them first when needed.
-
-    Order: ``$SLURM_K8S_BRIDGE_K8S_BIN`` (a ready bin dir, used as is);
-    ``scripts/build-k8s-binaries.sh`` of the source checkout (instant when cached, ~7 min
-    cold on 2 cores); the pinned version's cache directory when there is no checkout.
-    """
-    env_dir = os.environ.get(BIN_ENV)
-    if env_dir:
-        bin_dir = Path(env_dir).expanduser().absolute()
-        missing = _missing_binaries(bin_dir)
-        if missing:
-            raise KubeClusterError(f"${BIN_ENV}={env_dir}: missing or not executable: "
-                                   f"{', '.join(missing)}")
-        return bin_dir
-    root = _source_root()
-    if root is None:
-        cached = _cache_root() / f"{K8S_VERSION}-etcd{ETCD_VERSION}-kwok{KWOK_VERSION}-r2"
-        if (cached / ".complete").is_file() and not _missing_binaries(cached / "bin"):
-            return cached / "bin"
-        raise KubeClusterError(
-            f"no {BUILD_SCRIPT} next to {__file__} (not a source checkout) and no cached "
-            f"binaries under {cached}; set ${BIN_ENV} to a directory holding "
-            f"{', '.join(COMPONENTS)}")
-    script = root / BUILD_SCRIPT
-    try:
-        res = subprocess.run(["bash", str(script)], cwd=root, stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raw = exc.stderr or b""
-        out = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        raise KubeClusterError(f"{script} did not finish within {timeout:.0f}s:\n"
-                               + "\n".join(out.splitlines()[-30:])) from exc
-    lines = res.stdout.strip().splitlines()
-    tail = "\n".join((res.stderr + res.stdout).strip().splitlines()[-30:])
-    if res.returncode != 0 or not lines:
-        raise KubeClusterError(f"{script} failed (rc={res.returncode}):\n{tail}")
-    bin_dir = Path(lines[-1].strip())
-    missing = _missing_binaries(bin_dir)
-    if missing:
-        raise KubeClusterError(f"{script} printed {bin_dir}, but it lacks "
-                               f"{', '.join(missing)}:\n{tail}")
-    return bin_dir
-
-
-def _run(cmd: Sequence[str], timeout: float = 30.0) -> None:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
-                         check=False, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        raise KubeClusterError(f"{' '.join(cmd)} failed (rc={res.returncode}): "
-                               f"{(res.stderr or res.stdout).strip()[-1500:]}")
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def _kubeconfig_text(server: str, ca: Path, user: str, *, token: str | None = None,
-                     cert: Path | None = None, key: Path | None = None,
-                     namespace: str | None = None) -> str:
-    """A self-contained kubeconfig (CA and client credentials embedded), as JSON (= YAML)."""
-    user_entry: dict[str, str] = {}
-    if token is not None:
-        user_entry["token"] = token
-    if cert is not None and key is not None:
-        user_entry["client-certificate-data"] = _b64(cert)
-        user_entry["client-key-data"] = _b64(key)
-    context: dict[str, str] = {"cluster": "local", "user": user}
-    if namespace:
-        context["namespace"] = namespace
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": server, "certificate-authority-data": _b64(ca)}}],
-        "users": [{"name": user, "user": user_entry}],
-        "contexts": [{"name": "local", "context": context}],
-        "current-context": "local",
-        "preferences": {},
-    }
-    return json.dumps(cfg, indent=2) + "\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
-
-
-def _quantity(value: Any) -> str:
-    return str(value)
-
-
-def _parse_taint(taint: str | Mapping[str, str]) -> dict[str, str]:
-    """``"key=value:NoSchedule"``, ``"key:NoExecute"`` or a dict -> a Node taint dict."""
-    if isinstance(taint, Mapping):
-        out = {"key": taint["key"], "effect": taint.get("effect", "NoSchedule")}
-        if taint.get("value") is not None:
-            out["value"] = str(taint["value"])
-        return out
-    m = re.fullmatch(r"([^=:]+)(?:=([^:]*))?(?::(NoSchedule|PreferNoSchedule|NoExecute))?",
-                     taint.strip())
-    if not m:
-        raise ValueError(f"bad taint {taint!r}: want key[=value][:Effect]")
-    out = {"key": m.group(1), "effect": m.group(3) or "NoSchedule"}
-    if m.group(2) is not None:
-        out["value"] = m.group(2)
-    return out
-
-
-def gpu_node_labels(name: str, *, gpus: int, gpu_product: str,
-                    gpu_memory_mib: int | None = None,
-                    mig: Mapping[str, int] | None = None) -> dict[str, str]:
-    """NFD / GPU-operator (gpu-feature-discovery) style labels for a fake GPU node."""
-    mem, family = GPU_PRODUCTS.get(gpu_product, (0, ""))
-    if gpu_memory_mib is None:
-        m = re.search(r"(\d+)GB", gpu_product)
-        gpu_memory_mib = mem or (int(m.group(1)) * 1024 if m else 0)
-    labels = {
-        "type": "kwok",
-        "kubernetes.io/hostname": name,
-        "kubernetes.io/os": "linux",
-        "kubernetes.io/arch": "amd64",
-        "node.kubernetes.io/instance-type": f"kwok-{gpus}x-{gpu_product}".lower()[:63],
-        "feature.node.kubernetes.io/pci-10de.present": "true",
-        "feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
-        "feature.node.kubernetes.io/system-os_release.VERSION_ID": "22.04",
-        "nvidia.com/gpu.present": "true",
-        "nvidia.com/gpu.product": gpu_product,
-        "nvidia.com/gpu.count": str(gpus),
-        "nvidia.com/mig.capable": "true" if family in ("ampere", "hopper", "blackwell")
-        else "false",
-    }
-    if gpu_memory_mib:
-        labels["nvidia.com/gpu.memory"] = str(gpu_memory_mib)
-    if family:
-        labels["nvidia.com/gpu.family"] = family
-    if mig:
-        labels["nvidia.com/mig.strategy"] = "mixed"
-        for profile, count in mig.items():
-            labels[f"nvidia.com/mig-{profile}.count"] = str(count)
-            labels[f"nvidia.com/mig-{profile}.product"] = f"{gpu_product}-MIG-{profile}"[:63]
-    return labels
+    # polling: errors mean "not yet"
+    return wait_until(predicate, timeout, interval=interval, check=check, retry_on=Exception,
+                      timed_out=timed_out)
 
 
 def _core(api_client: Any) -> Any:
@@ -309,148 +106,10 @@ def _core(api_client: Any) -> Any:
     return client.CoreV1Api(api_client)
 
 
-def _node_names(core: Any, prefix: str | None = None) -> list[str]:
-    """Names of all nodes, or of the ``<prefix>-<n>`` ones."""
-    names = [str(n.metadata.name) for n in core.list_node().items]
-    if prefix is None:
-        return names
-    pattern = re.compile(rf"^{re.escape(prefix)}-\d+$")
-    return [n for n in names if pattern.match(n)]
-
-
-def _node_schedulable(node: Any) -> bool:
-    """Ready=True and the lifecycle controller's not-ready taint is gone."""
-    conds = (node.status.conditions or []) if node.status else []
-    ready = any(c.type == "Ready" and c.status == "True" for c in conds)
-    taints = (node.spec.taints or []) if node.spec else []
-    return ready and not any(t.key in _NOT_READY_TAINTS for t in taints)
-
-
-# Opt-in completion/failure stages that replace upstream's "complete every Job pod at
-# once" pod-complete stage in pod_lifecycle="annotated".
-_ANNOTATED_POD_STAGES = r"""apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-complete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Running'
-    - key: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
-      operator: 'Exists'
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: ContainersReady
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-            exitCode: 0
-            finishedAt: {{ $now | Quote }}
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-fail
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Running'
-    - key: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
-      operator: 'Exists'
-  weight: 10
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      {{ $annotations := or .metadata.annotations dict }}
-      {{ $code := or ( index $annotations "pod-fail.stage.kwok.x-k8s.io/exit-code" ) "1" }}
-      conditions:
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: ContainersReady
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-            exitCode: {{ $code }}
-            finishedAt: {{ $now | Quote }}
-            reason: Error
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Failed
-"""
-
-
-def _split_yaml_docs(text: str) -> list[str]:
-    docs: list[str] = []
-    cur: list[str] = []
-    for line in text.splitlines():
-        if line.strip() == "---":
-            docs.append("\n".join(cur))
-            cur = []
-        else:
-            cur.append(line)
-    docs.append("\n".join(cur))
-    return [d for d in docs if re.search(r"^kind:", d, re.MULTILINE)]
-
-
-def _stage_name(doc: str) -> str:
-    m = re.search(r"^metadata:\s*\n\s+name:\s*(\S+)", doc, re.MULTILINE)
-    return m.group(1) if m else ""
-
-
 # ----------------------------------------------------------------------------- cluster
 
 
-class LocalKubeCluster:
+class LocalKubeCluster(Supervised):
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on loopback.
 
     ``kwok_nodes``/``node_shape``: ``start()`` ensures that many ``add_gpu_nodes`` nodes
@@ -498,7 +157,7 @@ class LocalKubeCluster:
         self.admin_token: str | None = None
         self.ports: dict[str, int] = {}
         self.start_seconds: float | None = None
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._sup = Supervisor(self.log_dir, self._pid_record, header=True)
         self._cmds: dict[str, list[str]] = {}   # name -> command, for restart()
 
     # ------------------------------------------------------------------ naming
@@ -521,7 +180,7 @@ class LocalKubeCluster:
 
     def recorded_pids(self) -> dict[str, tuple[int, bool]]:
         """name -> (pid, still running), as recorded by a harness on this base_dir."""
-        return read_pid_record(self._pid_record())
+        return self._sup.recorded()
 
     def stop_recorded(self) -> None:
         """Stop what a harness in another process started on this base_dir."""
@@ -529,84 +188,15 @@ class LocalKubeCluster:
 
     # ------------------------------------------------------------------ PKI
 
-    def _openssl_cnf(self) -> Path:
-        cnf = self.pki_dir / "openssl.cnf"
-        cnf.write_text(
-            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n"
-            "[v3_ca]\nbasicConstraints = critical,CA:TRUE\n"
-            "keyUsage = critical,keyCertSign,cRLSign,digitalSignature\n"
-            "subjectKeyIdentifier = hash\n"
-            "[server]\nbasicConstraints = CA:FALSE\n"
-            "keyUsage = critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
-            "subjectAltName = IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-            "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-            "DNS:kubernetes.default.svc.cluster.local,IP:" + self._service_ip() + "\n"
-            "[client]\nbasicConstraints = CA:FALSE\n"
-            "keyUsage = critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage = clientAuth\n")
-        return cnf
-
     def _service_ip(self) -> str:
         net, _ = self.service_cidr.split("/")
         parts = net.split(".")
         parts[-1] = str(int(parts[-1]) + 1)
         return ".".join(parts)
 
-    def _leaf(self, name: str, subject: str, ext: str, cnf: Path) -> None:
-        p = self.pki_dir
-        _run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
-              "-out", str(p / f"{name}.key")])
-        _run(["openssl", "req", "-new", "-config", str(cnf), "-key", str(p / f"{name}.key"),
-              "-subj", subject, "-out", str(p / f"{name}.csr")])
-        _run(["openssl", "x509", "-req", "-in", str(p / f"{name}.csr"), "-CA", str(p / "ca.crt"),
-              "-CAkey", str(p / "ca.key"), "-set_serial", "0x" + secrets.token_hex(16),
-              "-days", "825", "-sha256", "-extfile", str(cnf), "-extensions", ext,
-              "-out", str(p / f"{name}.crt")])
-        (p / f"{name}.csr").unlink(missing_ok=True)
-
     def _ensure_pki(self) -> None:
         """CA, apiserver serving cert, client certs, SA key pair (kept across restarts)."""
-        p = self.pki_dir
-        stamp = p / ".complete"
-        if not stamp.exists():
-            if shutil.which("openssl") is None:
-                raise KubeClusterError("the openssl CLI is needed (apt-get install openssl)")
-            shutil.rmtree(p, ignore_errors=True)
-            p.mkdir(parents=True)
-            os.chmod(p, 0o700)
-            cnf = self._openssl_cnf()
-            _run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
-                  "-out", str(p / "ca.key")])
-            _run(["openssl", "req", "-x509", "-new", "-config", str(cnf), "-key",
-                  str(p / "ca.key"), "-subj", "/CN=slurm-k8s-bridge-local-ca", "-days", "3650",
-                  "-sha256", "-extensions", "v3_ca", "-out", str(p / "ca.crt")])
-            self._leaf("apiserver", "/CN=kube-apiserver", "server", cnf)
-            self._leaf("admin", "/O=system:masters/CN=kubernetes-admin", "client", cnf)
-            self._leaf("kwok", "/O=system:masters/CN=kwok-controller", "client", cnf)
-            self._leaf("controller-manager", "/CN=system:kube-controller-manager", "client",
-                       cnf)
-            self._leaf("scheduler", "/CN=system:kube-scheduler", "client", cnf)
-            _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
-                  "rsa_keygen_bits:2048", "-out", str(p / "sa.key")])
-            _run(["openssl", "pkey", "-in", str(p / "sa.key"), "-pubout",
-                  "-out", str(p / "sa.pub")])
-            _write_private(p / "admin.token", secrets.token_hex(24) + "\n")
-            for key in p.glob("*.key"):
-                os.chmod(key, 0o600)
-            stamp.write_text("ok\n")
-        if not (p / "apiserver-kubelet-client.crt").exists():
-            # The apiserver's identity towards real kubelets (logs, exec); added after the
-            # first PKI layout, so made on demand for clusters created before it.
-            self._leaf("apiserver-kubelet-client",
-                       "/O=system:masters/CN=kube-apiserver-kubelet-client", "client",
-                       self._openssl_cnf())
-            os.chmod(p / "apiserver-kubelet-client.key", 0o600)
-        self.admin_token = (p / "admin.token").read_text().strip() if self.token_auth else None
-        if self.token_auth:
-            _write_private(p / "tokens.csv",
-                           f"{self.admin_token},kubernetes-admin-token,admin-token-uid,"
-                           f"system:masters\n")
+        self.admin_token = ensure_cluster_pki(self.pki_dir, self._service_ip(), self.token_auth)
 
     def _write_kubeconfigs(self) -> None:
         p = self.pki_dir
@@ -621,73 +211,30 @@ class LocalKubeCluster:
         if self.stages_file is not None:
             return self.stages_file
         assert self.bin_dir is not None
-        shipped = self.bin_dir.parent / STAGES_RELPATH
-        if not shipped.is_file():
-            raise KubeClusterError(
-                f"{shipped} not found (the kwok binary has no built-in stages); use the bin dir "
-                f"from scripts/build-k8s-binaries.sh or pass stages_file=")
-        out = self.run_dir / "kwok-stages.yaml"
-        if self.pod_lifecycle == "fast":
-            shutil.copyfile(shipped, out)
-            return out
-        docs = [d for d in _split_yaml_docs(shipped.read_text())
-                if _stage_name(d) != "pod-complete"]
-        names = {_stage_name(d) for d in docs}
-        need = {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete"}
-        if not need <= names:
-            raise KubeClusterError(f"{shipped} lacks stages {sorted(need - names)}")
-        out.write_text("\n---\n".join([*docs, _ANNOTATED_POD_STAGES]))
-        return out
+        return write_kwok_stages(self.bin_dir, self.run_dir / "kwok-stages.yaml",
+                                 self.pod_lifecycle)
 
     # ------------------------------------------------------------------ processes
-
-    def _save_pids(self) -> None:
-        rec = {k: {"pid": p.pid, "start": _proc_starttime(p.pid)} for k, p in self._procs.items()}
-        self._pid_record().write_text(json.dumps(rec))
 
     def _cleanup_stale(self) -> None:
         """Kill daemons a crashed earlier harness left running on this base_dir."""
         rec_path = self._pid_record()
         if not rec_path.exists():
             return
-        with contextlib.suppress(ValueError, OSError):
-            for entry in json.loads(rec_path.read_text()).values():
-                pid, start = int(entry["pid"]), entry.get("start")
-                if not start or _proc_starttime(pid) != start:
-                    continue
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if str(self.base_dir).encode() in cmdline:
-                    _kill_pid(pid, grace=5)
+        kill_recorded(rec_path, owner=self.base_dir)
         rec_path.unlink(missing_ok=True)
 
     def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
         self._cmds[name] = list(cmd)
-        cmd = [*cmd, *self.extra_args.get(name, [])]
-        log = self.log_dir / f"{name}.log"
-        with open(log, "ab") as out:
-            out.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    close_fds=True, cwd=self.run_dir,
-                                    env=dict(os.environ, HOME=str(self.run_dir)))
-        self._procs[name] = proc
-        self._save_pids()
-        return proc
+        return self._sup.start(name, [*cmd, *self.extra_args.get(name, [])], cwd=self.run_dir,
+                               env=dict(os.environ, HOME=str(self.run_dir)))
 
     def restart(self, name: str, down_s: float = 0.0, timeout: float = 60.0) -> int:
         """Kill one component with SIGKILL (a crash), keep it down ``down_s`` seconds, start
         it again with the same command line and wait until it serves. Returns its new pid."""
         if name not in self._cmds:
             raise KubeClusterError(f"{name} was not started by this harness")
-        proc = self._procs.pop(name, None)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        self._sup.crash(name)
         time.sleep(down_s)
         new = self._popen(name, self._cmds[name])
         if name == "kube-apiserver":
@@ -697,10 +244,7 @@ class LocalKubeCluster:
         return new.pid
 
     def _check_alive(self) -> None:
-        for name, proc in self._procs.items():
-            if proc.poll() is not None:
-                raise KubeClusterError(f"{name} exited rc={proc.returncode}\n"
-                                       f"==> {name}.log <==\n{_tail(self.log_dir / f'{name}.log', 30)}")
+        self._sup.check_alive(KubeClusterError, lines=30)
 
     def _https_ok(self, url: str, *, client_cert: bool) -> bool:
         if client_cert:
@@ -888,9 +432,7 @@ class LocalKubeCluster:
     def stop(self, grace: float = 10.0) -> None:
         """Stop what ``start()`` started, by pid, in reverse order. Idempotent."""
         for name in reversed([*self._ORDER, *[k for k in self._procs if k not in self._ORDER]]):
-            proc = self._procs.pop(name, None)
-            if proc is not None:
-                _kill_pid(proc.pid, grace=grace, proc=proc)
+            self._sup.stop(name, grace=grace)
         with contextlib.suppress(OSError):
             self._pid_record().unlink(missing_ok=True)
 
@@ -899,17 +441,6 @@ class LocalKubeCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def pids(self) -> dict[str, int]:
-        """Running processes started here, by component name."""
-        return {k: p.pid for k, p in self._procs.items() if p.poll() is None}
-
-    def running(self) -> bool:
-        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
-
-    def logs(self, lines: int = 40) -> str:
-        """Tail of every component log under base_dir/log."""
-        return tail_logs(self.log_dir, lines)
 
     # ------------------------------------------------------------------ clients
 

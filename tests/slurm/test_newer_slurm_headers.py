@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_k8s_bridge import plugin_build
+from slurm_k8s_bridge.slurm import plugin_build
 from slurm_k8s_bridge.slurm.plugin_build import build_plugins
 
 pytestmark = pytest.mark.slurm

@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape, PartitionRule
 from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal
+from slurm_k8s_bridge.core.request import LabelRequirement, NodeSelectorTerm
 
 
 #: Largest number of alternatives a --constraint may expand to.
@@ -202,22 +202,3 @@ def _node_features(features: str | None, terms: tuple[_Term, ...], chosen: tuple
     return tuple(sorted(common | named))
 
 
-@dataclass(frozen=True)
-class LabelRequirement:
-    """``key In [values...]`` in a node selector term."""
-
-    key: str
-    values: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "operator": "In", "values": list(self.values)}
-
-
-@dataclass(frozen=True)
-class NodeSelectorTerm:
-    """One alternative of a required node affinity (its requirements all hold)."""
-
-    requirements: tuple[LabelRequirement, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"matchExpressions": [r.to_dict() for r in self.requirements]}

@@ -32,75 +32,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.core.config import BridgeConfig, PartitionRule
-from slurm_k8s_bridge.core.constraints import NodeSelectorTerm, _constraint_terms, _node_features, _node_placement, _same_shape_key
+from slurm_k8s_bridge.core.constraints import (
+    _constraint_terms,
+    _node_features,
+    _node_placement,
+    _same_shape_key,
+)
 from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal, shown
 from slurm_k8s_bridge.core.gang import backend
-from slurm_k8s_bridge.core.gpus import _gpu_ask, _gpu_resource, _gpu_words, _node_gres, _shapes_for_type
+from slurm_k8s_bridge.core.gpus import (
+    _gpu_ask,
+    _gpu_resource,
+    _gpu_words,
+    _node_gres,
+    _shapes_for_type,
+)
 from slurm_k8s_bridge.core.layout import _layout
-from slurm_k8s_bridge.core.request import INFINITE, NOT_SET, UNLIMITED, SlurmJobRequest, given
+from slurm_k8s_bridge.core.request import (
+    INFINITE,
+    NOT_SET,
+    UNLIMITED,
+    BridgeRequest,
+    SlurmJobRequest,
+    given,
+)
 
 GPU_TOLERATION: Mapping[str, str] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
 
 # -- the normalized request -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BridgeRequest:
-    """Everything needed to build a bridged job's Kubernetes objects."""
-
-    partition: str
-    namespace: str
-    gang: str
-    image: str
-    nodes: int
-    #: the node count range the user gave (or the one derived without -N)
-    node_range: tuple[int, int]
-    tasks: int
-    tasks_per_node: int
-    cpus_per_task: int
-    cpus_per_node: int
-    memory_mb_per_node: int
-    gpus_per_node: int
-    #: ``nvidia.com/gpu`` or ``nvidia.com/mig-<profile>``; None without GPUs
-    gpu_resource: str | None
-    #: the GRES type asked for (a shape's gres_type or a MIG profile); None if untyped
-    gpu_type: str | None
-    #: names of the node shapes the pods may run on, configuration order
-    shapes: tuple[str, ...]
-    exclusive: bool
-    queue: str | None = None
-    priority_class: str | None = None
-    service_account: str | None = None
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    node_affinity_terms: tuple[NodeSelectorTerm, ...] = ()
-    #: label key all pods must share a value of (``--constraint=[a|b]`` over several shapes)
-    same_shape_topology_key: str | None = None
-    tolerations: tuple[Mapping[str, Any], ...] = ()
-    time_limit_minutes: int | None = None
-    active_deadline_seconds: int | None = None
-    array_task_ids: tuple[int, ...] | None = None
-    array_max_concurrent: int | None = None
-    user_id: int | None = None
-    group_id: int | None = None
-    account: str | None = None
-    qos: str | None = None
-    #: the job name as a valid label value (None when nothing of it is left)
-    job_name: str | None = None
-    #: the Slurm node each pod registers: ``gpu:h100:8``, ``gpu:1g.10gb:2``, ``gpu:8`` or ""
-    node_gres: str = ""
-    node_features: tuple[str, ...] = ()
-    spank_options: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def is_array(self) -> bool:
-        return self.array_task_ids is not None
 
 
 # -- normalize --------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from typing import Any
 from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.core.gang import backend
-from slurm_k8s_bridge.core.normalize import BridgeRequest, normalize
+from slurm_k8s_bridge.core.request import BridgeRequest
+from slurm_k8s_bridge.core.normalize import normalize
 from slurm_k8s_bridge.core.request import SlurmJobRequest
 
 

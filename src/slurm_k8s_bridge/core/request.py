@@ -1,4 +1,7 @@
-"""The Slurm side of a request, exactly as slurmctld hands it to a job_submit plugin.
+"""The request model: what Slurm asks (``SlurmJobRequest``) and what the bridge will run
+(``BridgeRequest``, made by ``core.normalize``).
+
+The Slurm side of a request, exactly as slurmctld hands it to a job_submit plugin:
 
 ``SlurmJobRequest`` carries the fields of ``job_desc_msg_t`` the bridge reads, in Slurm's
 own encoding (``tres_per_node="gres:gpu:h100:8"``, memory in MB with a per-CPU flag, time
@@ -156,3 +159,76 @@ def require_int(value: str, option: str, minimum: int = 0) -> int:
         raise BridgeRefusal(f"invalid value for {option}: {number} (must be >= {minimum})",
                             "ESLURM_NOT_SUPPORTED")
     return number
+
+
+@dataclass(frozen=True)
+class LabelRequirement:
+    """``key In [values...]`` in a node selector term."""
+
+    key: str
+    values: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "operator": "In", "values": list(self.values)}
+
+
+@dataclass(frozen=True)
+class NodeSelectorTerm:
+    """One alternative of a required node affinity (its requirements all hold)."""
+
+    requirements: tuple[LabelRequirement, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"matchExpressions": [r.to_dict() for r in self.requirements]}
+
+
+@dataclass(frozen=True)
+class BridgeRequest:
+    """Everything needed to build a bridged job's Kubernetes objects."""
+
+    partition: str
+    namespace: str
+    gang: str
+    image: str
+    nodes: int
+    #: the node count range the user gave (or the one derived without -N)
+    node_range: tuple[int, int]
+    tasks: int
+    tasks_per_node: int
+    cpus_per_task: int
+    cpus_per_node: int
+    memory_mb_per_node: int
+    gpus_per_node: int
+    #: ``nvidia.com/gpu`` or ``nvidia.com/mig-<profile>``; None without GPUs
+    gpu_resource: str | None
+    #: the GRES type asked for (a shape's gres_type or a MIG profile); None if untyped
+    gpu_type: str | None
+    #: names of the node shapes the pods may run on, configuration order
+    shapes: tuple[str, ...]
+    exclusive: bool
+    queue: str | None = None
+    priority_class: str | None = None
+    service_account: str | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    node_affinity_terms: tuple[NodeSelectorTerm, ...] = ()
+    #: label key all pods must share a value of (``--constraint=[a|b]`` over several shapes)
+    same_shape_topology_key: str | None = None
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    time_limit_minutes: int | None = None
+    active_deadline_seconds: int | None = None
+    array_task_ids: tuple[int, ...] | None = None
+    array_max_concurrent: int | None = None
+    user_id: int | None = None
+    group_id: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    #: the job name as a valid label value (None when nothing of it is left)
+    job_name: str | None = None
+    #: the Slurm node each pod registers: ``gpu:h100:8``, ``gpu:1g.10gb:2``, ``gpu:8`` or ""
+    node_gres: str = ""
+    node_features: tuple[str, ...] = ()
+    spank_options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_array(self) -> bool:
+        return self.array_task_ids is not None

@@ -27,7 +27,7 @@ from typing import Any, Union
 
 from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.core.contract import COMMENT_PREFIX
-from slurm_k8s_bridge.core.normalize import BridgeRequest
+from slurm_k8s_bridge.core.request import BridgeRequest
 from slurm_k8s_bridge.core.render import render
 
 #: Slurm job states after which nothing of the job should remain in Kubernetes.

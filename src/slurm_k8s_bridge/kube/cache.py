@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import urllib3
@@ -27,8 +27,26 @@ from slurm_k8s_bridge.kube.errors import KubeAccessError, KubeApiError
 from slurm_k8s_bridge.kube.gpu_pods import GpuPod
 from slurm_k8s_bridge.kube.transport import _backoff
 
-if TYPE_CHECKING:
-    from slurm_k8s_bridge.kube.access import KubeAccess
+
+
+class CacheOwner(Protocol):
+    """What a reflector needs of the one that owns it (``kube.access.KubeAccess``): where
+    to send requests, how fast, what to fill, whom to wake."""
+
+    _stop: threading.Event
+    _bucket: Any
+    _watch_http: Any
+    metrics: Any
+    retry: Any
+    list_page_size: int
+    watch_timeout_seconds: int
+
+    def _call(self, verb: str, resource: str, send: Callable[[], Any], *, what: str = "") -> Any: ...
+    def _request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None) -> Any: ...
+    def _replace(self, kind: _Kind, namespace: str | None, objects: list[Any],
+                 store: str | None = None) -> None: ...
+    def _apply(self, kind: _Kind, change: str, obj: Any, store: str | None = None) -> None: ...
+    def _notify(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +278,7 @@ class _Reflector:
     (default: the resource's); ``shrink``: what is kept of each object (default: the
     object); ``optional``: not waited for by ``KubeAccess.synced``."""
 
-    def __init__(self, access: KubeAccess, kind: _Kind, namespace: str | None,
+    def __init__(self, access: CacheOwner, kind: _Kind, namespace: str | None,
                  label_selector: str | None, *, field_selector: str | None = None,
                  store: str | None = None, shrink: Callable[[dict[str, Any]], Any] | None = None,
                  optional: bool = False) -> None:

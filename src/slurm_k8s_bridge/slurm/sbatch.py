@@ -25,12 +25,10 @@ Errors sbatch would print are raised as ``BridgeRefusal`` with sbatch's own word
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
 from slurm_k8s_bridge.core.contract import SPANK_OPTIONS
@@ -38,6 +36,8 @@ from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 from slurm_k8s_bridge.slurm.sbatch_values import (
     BAD_GRES,
     BAD_OPTION,
+    _JobDesc,
+    _SbatchOptions,
     _gpu_derivations,
     _mbytes,
     gres_prepend_tres_type,
@@ -379,46 +379,6 @@ def _short_options(argv: Sequence[str], i: int, found: list[ParsedOption], from_
 # -- sbatch's option values -------------------------------------------------------------
 
 
-@dataclass
-class _SbatchOptions:
-    """sbatch's ``slurm_opt_t``, only the fields that reach the bridge (private, per call)."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    job_name: str | None = None
-    constraint: str | None = None
-    array_inx: str | None = None
-    chdir: str | None = None
-    nodes_set: bool = False
-    min_nodes: int = 1
-    max_nodes: int = 0
-    ntasks: int = 1
-    ntasks_set: bool = False
-    ntasks_per_node: int | None = None
-    ntasks_per_gpu: int | None = None
-    ntasks_per_tres: int | None = None
-    cpus_per_task: int | None = None
-    cpus_per_gpu: int | None = None
-    pn_min_memory: int | None = None
-    mem_per_cpu: int | None = None
-    mem_per_gpu: int | None = None
-    gpus: str | None = None
-    gpus_per_node: str | None = None
-    gpus_per_socket: str | None = None
-    gpus_per_task: str | None = None
-    gres: str | None = None
-    shared: int | None = None
-    time_limit: int | None = None
-    sockets_per_node: int | None = None
-    cores_per_socket: int | None = None
-    threads_per_core: int | None = None
-    hint: str | None = None
-    wrap: bool = False
-    spank: dict[str, str] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
-
-
 def request_from_sbatch(script_text: str, argv: Sequence[str], uid: int, gid: int, *,
                         script_name: str | None = None) -> SlurmJobRequest:
     """The ``SlurmJobRequest`` sbatch 22.05 would send for ``script_text`` and options ``argv``.
@@ -644,25 +604,6 @@ def _apply_hint(opts: _SbatchOptions) -> None:
 
 
 # -- job_desc ---------------------------------------------------------------------------
-
-class _JobDesc:
-    """The job_desc fields sbatch sends -- exactly ``SlurmJobRequest``'s -- kept mutable while
-    the client-side GRES checks derive some of them from others."""
-
-    def __init__(self, **given: Any) -> None:
-        for f in dataclasses.fields(SlurmJobRequest):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            setattr(self, f.name, default)
-        for name, value in given.items():
-            if not hasattr(self, name):
-                raise TypeError(f"job_desc has no field {name}")
-            setattr(self, name, value)
-
-    def request(self, uid: int, gid: int, submit_line: str) -> SlurmJobRequest:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SlurmJobRequest)}
-        values.update(spank_options=dict(values["spank_options"]), user_id=uid, group_id=gid,
-                      submit_line=submit_line)
-        return SlurmJobRequest(**values)
 
 
 def _job_desc(opts: _SbatchOptions, script_name: str | None) -> _JobDesc:

@@ -1,20 +1,20 @@
-"""How sbatch 22.05 reads option values, and checks them, before it sends a job: integers,
-node counts, memory sizes, time specifications, and the client-side GPU/GRES accounting
+"""What sbatch 22.05 collects and how it reads it, before it sends a job: the options it keeps
+(``_SbatchOptions``) and the job_desc it fills (``_JobDesc``), option values (integers, node
+counts, memory sizes, time specifications) and the client-side GPU/GRES accounting
 (``gres_job_state_validate``: the job_desc fields the GPU options derive). Errors carry
-sbatch's own wording (``SbatchRefusal``). Used by ``slurm.sbatch``.
+sbatch's own wording (``SbatchRefusal``). ``slurm.sbatch`` parses the script and options into
+these.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
-from slurm_k8s_bridge.core.request import UNLIMITED
-
-if TYPE_CHECKING:
-    from slurm_k8s_bridge.slurm.sbatch import _JobDesc, _SbatchOptions
+from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 
 BAD_OPTION = "ESLURM_NOT_SUPPORTED"
 
@@ -328,3 +328,63 @@ def xfmt_tres(current: str | None, prefix: str, text: str | None) -> str | None:
     items = [f"{prefix}:{token}" for token in text.split(",") if token]
     joined = ",".join(items)
     return f"{current},{joined}" if current else (joined or None)
+
+
+@dataclass
+class _SbatchOptions:
+    """sbatch's ``slurm_opt_t``, only the fields that reach the bridge (private, per call)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    job_name: str | None = None
+    constraint: str | None = None
+    array_inx: str | None = None
+    chdir: str | None = None
+    nodes_set: bool = False
+    min_nodes: int = 1
+    max_nodes: int = 0
+    ntasks: int = 1
+    ntasks_set: bool = False
+    ntasks_per_node: int | None = None
+    ntasks_per_gpu: int | None = None
+    ntasks_per_tres: int | None = None
+    cpus_per_task: int | None = None
+    cpus_per_gpu: int | None = None
+    pn_min_memory: int | None = None
+    mem_per_cpu: int | None = None
+    mem_per_gpu: int | None = None
+    gpus: str | None = None
+    gpus_per_node: str | None = None
+    gpus_per_socket: str | None = None
+    gpus_per_task: str | None = None
+    gres: str | None = None
+    shared: int | None = None
+    time_limit: int | None = None
+    sockets_per_node: int | None = None
+    cores_per_socket: int | None = None
+    threads_per_core: int | None = None
+    hint: str | None = None
+    wrap: bool = False
+    spank: dict[str, str] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+
+
+class _JobDesc:
+    """The job_desc fields sbatch sends -- exactly ``SlurmJobRequest``'s -- kept mutable while
+    the client-side GRES checks derive some of them from others."""
+
+    def __init__(self, **given: Any) -> None:
+        for f in dataclasses.fields(SlurmJobRequest):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, f.name, default)
+        for name, value in given.items():
+            if not hasattr(self, name):
+                raise TypeError(f"job_desc has no field {name}")
+            setattr(self, name, value)
+
+    def request(self, uid: int, gid: int, submit_line: str) -> SlurmJobRequest:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SlurmJobRequest)}
+        values.update(spank_options=dict(values["spank_options"]), user_id=uid, group_id=gid,
+                      submit_line=submit_line)
+        return SlurmJobRequest(**values)

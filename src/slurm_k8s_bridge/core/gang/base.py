@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slurm_k8s_bridge.core.normalize import BridgeRequest
+    from slurm_k8s_bridge.core.request import BridgeRequest
 
 
 @dataclass(frozen=True)

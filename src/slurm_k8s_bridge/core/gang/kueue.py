@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from slurm_k8s_bridge.core.gang.base import GangBackend
 
 if TYPE_CHECKING:
-    from slurm_k8s_bridge.core.normalize import BridgeRequest
+    from slurm_k8s_bridge.core.request import BridgeRequest
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 

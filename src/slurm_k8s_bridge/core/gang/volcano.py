@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from slurm_k8s_bridge.core.gang.base import GangBackend, ObjectKind
 
 if TYPE_CHECKING:
-    from slurm_k8s_bridge.core.normalize import BridgeRequest
+    from slurm_k8s_bridge.core.request import BridgeRequest
 
 POD_GROUP = ObjectKind("PodGroup", "scheduling.volcano.sh", "v1beta1", "podgroups")
 GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
