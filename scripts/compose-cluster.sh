@@ -416,6 +416,13 @@ slurm_files() {
 	chmod 0755 "$SKB_SHARED_DIR" "$SKB_SHARED_DIR/home"
 }
 
+harness_files() {  # k8s-setup labels the KWOK nodes as the harness does: its package, read-only
+	rm -rf "$STATE/lib"
+	mkdir -p "$STATE/lib"
+	cp -r "$REPO/src/slurm_k8s_devcluster" "$STATE/lib/"
+	find "$STATE/lib" -name __pycache__ -prune -exec rm -rf {} +
+}
+
 write_env() {
 	cat >"$STATE/compose.env" <<EOF
 SKB_STATE_DIR=$SKB_STATE_DIR
@@ -440,6 +447,7 @@ prepare() {
 	step "kubeconfigs, kwok stages" k8s_files
 	step "munge key" munge_key
 	step "slurm configuration" slurm_files
+	step "development harness for k8s-setup" harness_files
 	write_env
 	log "prepared $STATE in $(since "$t0") s:"
 	printf '    %s\n' "${timings[@]}" >&2

@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from slurm_k8s_bridge.kube.access import JOB_ID_LABEL
+from slurm_k8s_bridge.core.contract import JOB_ID_LABEL
 
 pytestmark = pytest.mark.containers
 

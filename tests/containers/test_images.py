@@ -25,13 +25,8 @@ import yaml
 from slurm_k8s_bridge.core.config import parse_config
 from slurm_k8s_devcluster.podsim import pod_env, slurmd_conf_line
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
-from slurm_k8s_bridge.core.normalize import (
-    MUNGE_KEY_DIR,
-    WORKER_CAPABILITIES,
-    node_names,
-    normalize,
-    render,
-)
+from slurm_k8s_bridge.core.render import MUNGE_KEY_DIR, WORKER_CAPABILITIES, node_names, render
+from slurm_k8s_bridge.core.normalize import normalize
 
 from .conftest import REPO, Images
 

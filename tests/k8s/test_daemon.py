@@ -44,7 +44,7 @@ from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
-from slurm_k8s_bridge.kube.access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
 pytestmark = pytest.mark.k8s

@@ -33,18 +33,13 @@ from kubernetes.client.rest import ApiException
 
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
-from slurm_k8s_bridge.kube.access import (
-    DAEMON_NAMESPACE,
-    POD,
-    SERVICE_ACCOUNT,
-    GangBackendMissing,
-    KubeAccess,
-    KubeApiError,
-    ObjectOwnedElsewhere,
-    required_rbac,
-)
+from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.kube.cache import POD
+from slurm_k8s_bridge.kube.errors import GangBackendMissing, KubeApiError, ObjectOwnedElsewhere
+from slurm_k8s_bridge.kube.access import KubeAccess
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
-from slurm_k8s_bridge.core.normalize import normalize, render
+from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.render import render
 
 pytestmark = pytest.mark.k8s
 

@@ -36,7 +36,7 @@ from slurm_k8s_bridge.core.config import job_namespaces, load_config
 from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 from slurm_k8s_devcluster.slurm import _tail
-from slurm_k8s_bridge.kube.access import (
+from slurm_k8s_bridge.kube.rbac import (
     DAEMON_NAMESPACE,
     POD_READER_CLUSTER_ROLE,
     SERVICE_ACCOUNT,

@@ -18,7 +18,8 @@ import yaml
 from slurm_k8s_bridge.core.config import parse_config
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_bridge.core.request import SlurmJobRequest, is_stamp
-from slurm_k8s_bridge.core.normalize import normalize, render_all
+from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.render import render_all
 
 from .bridge_fixtures import TASK_ENV, bridge_config_data, make_bridge_cluster
 from .conftest import make_base_dir, remove_base_dir, require_root

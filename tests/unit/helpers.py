@@ -10,7 +10,8 @@ from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.core.errors import BridgeRefusal
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_bridge.core.request import SlurmJobRequest
-from slurm_k8s_bridge.core.normalize import BridgeRequest, normalize
+from slurm_k8s_bridge.core.request import BridgeRequest
+from slurm_k8s_bridge.core.normalize import normalize
 
 UID, GID = 1000, 1000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from slurm_k8s_bridge.daemon.daemon import (
-    DaemonMetrics,
+from slurm_k8s_bridge.daemon.metrics import DaemonMetrics
+from slurm_k8s_bridge.daemon.observe import (
     _expand_hostlist,
     bridged_jobs_from_slurm,
     gang_from_k8s,

@@ -12,23 +12,12 @@ import pytest
 import yaml
 from kubernetes import client
 
-from slurm_k8s_bridge.kube.access import (
-    EVENT,
-    JOB,
-    NODE,
-    POD,
-    ApiMetrics,
-    KubeAccess,
-    KubeApiError,
-    RetryPolicy,
-    TokenBucket,
-    _Reply,
-    event_name,
-    event_time,
-    is_retryable,
-    render_rbac_yaml,
-    required_rbac,
-)
+from slurm_k8s_bridge.kube.cache import EVENT, JOB, NODE, POD, event_time
+from slurm_k8s_bridge.kube.metrics import ApiMetrics
+from slurm_k8s_bridge.kube.access import KubeAccess, event_name
+from slurm_k8s_bridge.kube.errors import KubeApiError
+from slurm_k8s_bridge.kube.transport import RetryPolicy, TokenBucket, _Reply, is_retryable
+from slurm_k8s_bridge.kube.rbac import render_rbac_yaml, required_rbac
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC_YAML = REPO / "deploy" / "rbac.yaml"

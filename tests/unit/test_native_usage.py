@@ -15,30 +15,30 @@ from kubernetes import client
 from slurm_k8s_bridge.core.config import load_config, parse_config
 from slurm_k8s_bridge.daemon.daemon import BridgeDaemon
 from slurm_k8s_bridge.core.errors import ConfigError
-from slurm_k8s_bridge.kube.access import (
-    NODE,
-    POD,
+from slurm_k8s_bridge.kube.cache import NODE, POD, _Reflector
+from slurm_k8s_bridge.kube.rbac import (
     POD_READER_CLUSTER_ROLE,
-    KubeAccess,
-    _Reflector,
-    _Reply,
     native_gpu_usage_rbac,
     render_native_gpu_usage_rbac_yaml,
     required_rbac,
 )
+from slurm_k8s_bridge.kube.access import KubeAccess
+from slurm_k8s_bridge.kube.transport import _Reply
 from slurm_k8s_bridge.daemon.mirror import (
     COMMENT_LIMIT,
     NATIVE_USAGE_FORBIDDEN,
-    UNFINISHED_PODS,
-    GpuPod,
     MirrorAction,
     apply_mirror,
     desired_mirror,
+    plan_mirror,
+    usage_comment,
+)
+from slurm_k8s_bridge.kube.gpu_pods import (
+    UNFINISHED_PODS,
+    GpuPod,
     gpu_pod,
     native_pods_by_node,
-    plan_mirror,
     pod_gpu_requests,
-    usage_comment,
 )
 from slurm_k8s_bridge.slurm.records import SlurmNode
 

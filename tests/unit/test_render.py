@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
-from slurm_k8s_bridge.core.normalize import (
+from slurm_k8s_bridge.core.render import (
     WORKER_CAPABILITIES,
     node_names,
     render,

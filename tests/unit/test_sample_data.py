@@ -16,7 +16,8 @@ import pytest
 
 from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
-from slurm_k8s_bridge.core.normalize import normalize, render_all
+from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.render import render_all
 
 from .helpers import container, env, kind, pod_spec, script
 

@@ -16,12 +16,10 @@ from slurm_k8s_bridge.slurm.sbatch import (
     REQUIRED,
     SBATCH_OPTIONS,
     parse_directives,
-    parse_node_count,
     parse_options,
     request_from_sbatch,
-    str_to_mbytes,
-    time_str2mins,
 )
+from slurm_k8s_bridge.slurm.sbatch_values import parse_node_count, str_to_mbytes, time_str2mins
 from slurm_k8s_bridge.core.request import UNLIMITED
 
 from .helpers import GID, UID, request, script

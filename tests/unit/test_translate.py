@@ -11,15 +11,10 @@ import yaml
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
 from slurm_k8s_bridge.core.errors import BridgeRefusal
 from slurm_k8s_bridge.core.request import SlurmJobRequest
-from slurm_k8s_bridge.core.normalize import (
-    LabelRequirement,
-    NodeSelectorTerm,
-    expand_array,
-    label_value,
-    normalize,
-    parse_constraint,
-    parse_tres,
-)
+from slurm_k8s_bridge.core.request import LabelRequirement, NodeSelectorTerm
+from slurm_k8s_bridge.core.constraints import parse_constraint
+from slurm_k8s_bridge.core.normalize import expand_array, label_value, normalize
+from slurm_k8s_bridge.core.gpus import parse_tres
 
 from .conftest import EXAMPLE_CONFIG
 from .helpers import bridged, refused, request

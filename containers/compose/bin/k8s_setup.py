@@ -30,10 +30,13 @@ from typing import Any
 import yaml
 
 from slurm_k8s_bridge.core.config import job_namespaces, parse_config
-from slurm_k8s_devcluster.k8s import KWOK_NODE_ANNOTATION, gpu_node_labels
-from slurm_k8s_bridge.kube.access import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
 
 STATE = Path(os.environ.get("SKB_STATE", "/state"))
+# the development harness is not part of the installed bridge: compose-cluster.sh prepare
+# puts its package in the state directory
+sys.path.insert(0, str(STATE / "lib"))
+from slurm_k8s_devcluster.k8s import KWOK_NODE_ANNOTATION, gpu_node_labels  # noqa: E402
 RUN = STATE / "run"
 ADMIN = STATE / "k8s" / "admin.kubeconfig"
 SERVER = "https://kube-apiserver:6443"
