@@ -24,12 +24,14 @@ import re
 import shutil
 import struct
 import subprocess
+import tempfile
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
+from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.slurm import plugin_build
 from slurm_k8s_bridge.slurm.plugin_build import build_plugins
 
@@ -131,9 +133,11 @@ def preprocessed_params(include: Path, func: str) -> list[str]:
     """Parameters of ``func``'s definition in csrc/job_submit_k8s.c once preprocessed with
     these headers (the #if branch the build took)."""
     cc = (sysconfig.get_config_var("CC") or "cc").split()
-    proc = subprocess.run(cc + ["-E", "-P", f"-I{include}", f"-I{REPO / 'csrc'}",
-                                str(REPO / "csrc" / "job_submit_k8s.c")],
-                          capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory() as generated:   # the build generates the contract header
+        (Path(generated) / plugin_build.CONTRACT_HEADER).write_text(contract.c_header())
+        proc = subprocess.run(cc + ["-E", "-P", f"-I{include}", f"-I{REPO / 'csrc'}", f"-I{generated}",
+                                    str(REPO / "csrc" / "job_submit_k8s.c")],
+                              capture_output=True, text=True, check=True)
     m = re.search(rf"^int {func}\(([^)]*)\)\s*\{{", proc.stdout, re.M)
     assert m, f"no definition of {func} after preprocessing"
     return [p.split()[-1].lstrip("*") for p in m[1].split(",")]
