@@ -1,7 +1,7 @@
 """End to end on a real kubelet: unchanged scripts, submitted as an ordinary user, run in
 worker pods (munged + ``slurmd -Z``) on a real node.
 
-One module-scoped ``DevCluster(real_node=True)``: slurmctld with both plugins on this
+One module-scoped ``DevCluster(real_node=True)`` (``dev_cluster``, tests/e2e/conftest.py): slurmctld with both plugins on this
 machine, the control plane, a real kubelet node (containerd, runc, a CNI bridge) that
 advertises 8 ``nvidia.com/gpu`` without GPUs, the worker image imported into its
 containerd, and the bridge daemon. The user's directory is the cluster's shared directory
@@ -21,16 +21,15 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
-from slurm_k8s_devcluster.dev import WORKER_IMAGE, DevCluster
+from slurm_k8s_devcluster.dev import DevCluster
 from slurm_k8s_devcluster.slurm import LocalSlurmCluster, _tail
 
 pytestmark = pytest.mark.e2e
@@ -38,28 +37,9 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 USER = "bridgeuser"
 JOBS_NS = "slurm-jobs"
-SUBNET = 91                      # the dev cluster's own is 90
 ONE = ["-c1", "--mem=500"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 T = TypeVar("T")
-
-
-def _skip(reason: str) -> None:
-    print(f"SKIP: {reason}")
-    pytest.skip(reason)
-
-
-def _worker_image() -> None:
-    """The worker image in podman's store, built by the project's script when missing."""
-    if shutil.which("podman") is None:
-        _skip("podman is not installed (bash scripts/build-images.sh --install-deps)")
-    if subprocess.run(["podman", "image", "exists", WORKER_IMAGE]).returncode == 0:
-        return
-    res = subprocess.run(["bash", str(REPO / "scripts" / "build-images.sh"), "--suite",
-                          "bookworm", "--only", "worker"], capture_output=True, text=True,
-                         timeout=3600)
-    if res.returncode != 0:
-        _skip(f"the worker image could not be built: {res.stdout[-1500:]}{res.stderr[-1500:]}")
 
 
 class E2E:
@@ -129,33 +109,9 @@ class E2E:
 
 
 @pytest.fixture(scope="module")
-def e2e() -> Iterator[E2E]:
-    if os.geteuid() != 0:
-        _skip("the e2e tier needs root (Slurm daemons, a kubelet)")
-    from slurm_k8s_devcluster.k8s import KubeClusterError, ensure_k8s_binaries
-    from slurm_k8s_devcluster.kubelet import RealNodeUnavailable
-    try:
-        ensure_k8s_binaries()
-    except (KubeClusterError, OSError) as exc:
-        _skip(f"Kubernetes binaries unavailable: {exc}")
-    _worker_image()
-    base = Path(tempfile.mkdtemp(prefix="skb-e2e-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    dev = DevCluster(base, kwok_nodes=0, real_node=True, subnet=SUBNET)
-    try:
-        started = time.monotonic()
-        try:
-            dev.up()
-        except RealNodeUnavailable as exc:
-            _skip(f"a real kubelet cannot run here: {exc}")
-        print(f"\ndev-cluster up --real-node: {time.monotonic() - started:.1f}s")
-        yield E2E(dev)
-    finally:
-        dev.down()
-        if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+def e2e(dev_cluster: DevCluster) -> E2E:
+    """The e2e environment of tests/e2e/conftest.py (``dev_cluster``), with this module's helpers."""
+    return E2E(dev_cluster)
 
 
 def _timeline(e2e: E2E, job: int) -> dict[str, float]:

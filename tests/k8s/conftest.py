@@ -1,76 +1,175 @@
-"""Fixtures for tests that run a real local Kubernetes control plane + KWOK GPU nodes.
+"""The k8s tier's environment: one set of fixtures that every module of tests/k8s uses.
 
-``k8s_bin_dir`` (session) builds or finds the binaries via ``ensure_k8s_binaries()``
+Module-scoped, each built once per module and torn down in reverse order:
+
+* ``kube_cluster``: a started ``LocalKubeCluster`` (real etcd, kube-apiserver,
+  controller-manager, scheduler, KWOK nodes) shaped by ``kube_options`` (its keyword
+  arguments; default three 8-GPU KWOK nodes); ``kube_admin`` an admin ApiClient for it;
+* ``sa_kubeconfig``: the daemon's namespaces and RBAC (``daemon_rbac``, default
+  ``required_rbac(["slurm-jobs"])``) applied as admin, and a kubeconfig of the daemon's
+  ServiceAccount; ``sa_client`` an ApiClient with it;
+* ``bridge``: a started bridge Slurm cluster (``make_bridge_cluster`` with
+  ``bridge_options``: slurmctld with job_submit/k8s and spank_k8s), user ``bridgeuser``
+  created; skipped, with the reason printed, when not root;
+* ``bridge_daemon``: the bridge daemon as a subprocess (``DaemonProcess``) with the bridge's
+  configuration and the ServiceAccount's kubeconfig, arguments ``daemon_args`` (default
+  ``--poll-interval 1``), started and up.
+
+A module shapes its environment by overriding ``kube_options``, ``daemon_rbac``,
+``bridge_options`` or ``daemon_args`` with a module-scoped fixture of the same name.
+
+Session: ``k8s_bin_dir`` builds or finds the binaries via ``ensure_k8s_binaries()``
 (instant when cached, ~7 min cold); when they cannot be built every k8s test is skipped
-with the reason printed. ``kube_cluster`` (module) is a started ``LocalKubeCluster`` with
-three 8-GPU KWOK nodes; ``make_kube_cluster`` makes extra, not-yet-started clusters that
-are stopped and removed at teardown. Set SKB_KEEP_CLUSTER_DIR=1 to keep directories/logs.
+with the reason printed. Function scope: ``admin`` (an admin ApiClient per test) and
+``make_kube_cluster`` (extra, not-yet-started clusters, stopped and removed at teardown).
+Set SKB_KEEP_CLUSTER_DIR=1 to keep directories and logs.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from slurm_k8s_devcluster.k8s import KubeClusterError, LocalKubeCluster, ensure_k8s_binaries
+from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
+from slurm_k8s_devcluster.k8s import LocalKubeCluster
+
+from ..kube_env import (
+    BRIDGE_USER,
+    DaemonProcess,
+    DaemonRbac,
+    k8s_bin_dir,
+    remove_scratch_dir,
+    require_root,
+    scratch_dir,
+)
+
+__all__ = ["k8s_bin_dir"]  # the session fixture, shared with tests/e2e
 
 GPU_NODES = 3
+#: the job namespace of the example configuration (slurm_plugins/k8s-bridge.example.yaml)
+JOBS_NS = "slurm-jobs"
+SLURM_ROOT_REASON = "real Slurm needs root (network namespaces, munged)"
 
 
-def _base_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"skb-k8s-{prefix}-", dir="/tmp"))
+def _module_name(request: pytest.FixtureRequest) -> str:
+    return request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
 
 
-def _remove(cluster: LocalKubeCluster) -> None:
-    if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-        print(f"kept {cluster.base_dir}")
-    else:
-        shutil.rmtree(cluster.base_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def k8s_bin_dir() -> Path:
-    try:
-        return ensure_k8s_binaries()
-    except (KubeClusterError, OSError) as exc:
-        reason = f"Kubernetes binaries unavailable: {exc}"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+# -- the control plane ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kube_options() -> dict[str, Any]:
+    """``LocalKubeCluster`` keyword arguments of the module's control plane."""
+    return {"kwok_nodes": GPU_NODES}
 
 
 @pytest.fixture(scope="module")
-def kube_cluster(k8s_bin_dir):
-    cluster = LocalKubeCluster(_base_dir("cp"), bin_dir=k8s_bin_dir, kwok_nodes=GPU_NODES)
+def kube_cluster(request: pytest.FixtureRequest, k8s_bin_dir: Path,
+                 kube_options: dict[str, Any]) -> Iterator[LocalKubeCluster]:
+    base = scratch_dir(f"k8s-{_module_name(request)}")
+    cluster = LocalKubeCluster(base, bin_dir=k8s_bin_dir, **kube_options)
     try:
-        cluster.start(timeout=120)
-        print(f"\nLocalKubeCluster.start() with {GPU_NODES} KWOK nodes: "
+        cluster.start(timeout=180)
+        print(f"\nLocalKubeCluster.start() with {cluster.kwok_nodes} KWOK nodes: "
               f"{cluster.start_seconds:.1f}s ({cluster.server})")
         yield cluster
     finally:
         cluster.stop()
-        _remove(cluster)
+        remove_scratch_dir(base)
+
+
+@pytest.fixture(scope="module")
+def kube_admin(kube_cluster: LocalKubeCluster) -> Iterator[Any]:
+    """An admin ApiClient for the whole module."""
+    with kube_cluster.admin_client() as api_client:
+        yield api_client
 
 
 @pytest.fixture
-def make_kube_cluster(k8s_bin_dir):
-    made: list[LocalKubeCluster] = []
+def admin(kube_cluster: LocalKubeCluster) -> Iterator[Any]:
+    with kube_cluster.admin_client() as api_client:
+        yield api_client
 
-    def factory(name: str = "extra", **kwargs) -> LocalKubeCluster:
-        cluster = LocalKubeCluster(_base_dir(name), bin_dir=k8s_bin_dir, **kwargs)
-        made.append(cluster)
+
+@pytest.fixture
+def make_kube_cluster(k8s_bin_dir: Path) -> Iterator[Any]:
+    made: list[tuple[LocalKubeCluster, Path]] = []
+
+    def factory(name: str = "extra", **kwargs: Any) -> LocalKubeCluster:
+        base = scratch_dir(f"k8s-{name}")
+        cluster = LocalKubeCluster(base, bin_dir=k8s_bin_dir, **kwargs)
+        made.append((cluster, base))
         return cluster
 
     yield factory
-    for cluster in made:
+    for cluster, base in made:
         cluster.stop()
-        _remove(cluster)
+        remove_scratch_dir(base)
 
 
-@pytest.fixture
-def admin(kube_cluster):
-    with kube_cluster.admin_client() as api_client:
+# -- the daemon's namespaces, RBAC and ServiceAccount ---------------------------------------
+@pytest.fixture(scope="module")
+def daemon_rbac() -> DaemonRbac:
+    """What the daemon's ServiceAccount is given (``DaemonRbac.of_config`` for a bridge)."""
+    return DaemonRbac(job_namespaces=(JOBS_NS,))
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(kube_cluster: LocalKubeCluster, daemon_rbac: DaemonRbac,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return daemon_rbac.apply(kube_cluster, tmp_path_factory.mktemp("sa") / "bridge.kubeconfig")
+
+
+@pytest.fixture(scope="module")
+def sa_client(kube_cluster: LocalKubeCluster, sa_kubeconfig: Path) -> Iterator[Any]:
+    """An ApiClient as the daemon's ServiceAccount."""
+    api_client = kube_cluster.client_from_kubeconfig(sa_kubeconfig)
+    try:
         yield api_client
+    finally:
+        api_client.close()
+
+
+# -- Slurm with the bridge's plugins, and the daemon -------------------------------------------
+@pytest.fixture(scope="module")
+def bridge_options() -> dict[str, Any]:
+    """``make_bridge_cluster`` keyword arguments (``name``: the Slurm cluster's name)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def bridge(request: pytest.FixtureRequest, k8s_bin_dir: Path,
+           bridge_options: dict[str, Any]) -> Iterator[BridgeCluster]:
+    require_root(SLURM_ROOT_REASON)
+    options = dict(bridge_options)
+    name = options.pop("name", "bridge")
+    base = scratch_dir(_module_name(request), mode=0o755)
+    made = make_bridge_cluster(base, name, **options)
+    try:
+        made.cluster.start(timeout=120)
+        made.cluster.ensure_user(BRIDGE_USER)
+        yield made
+    finally:
+        made.cluster.stop()
+        remove_scratch_dir(base)
+
+
+@pytest.fixture(scope="module")
+def daemon_args() -> Sequence[str]:
+    """What follows ``run --config CONFIG --kubeconfig KUBECONFIG`` on the daemon's command line."""
+    return ("--poll-interval", "1")
+
+
+@pytest.fixture(scope="module")
+def bridge_daemon(bridge: BridgeCluster, sa_kubeconfig: Path,
+                  daemon_args: Sequence[str]) -> Iterator[DaemonProcess]:
+    base = bridge.cluster.base_dir
+    daemon = DaemonProcess(bridge.config_path, sa_kubeconfig, env=bridge.cluster.env(), cwd=base,
+                           log=base / "daemon.log", args=daemon_args)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()

@@ -1,6 +1,6 @@
 """The bridge daemon end to end: real slurmctld, real Kubernetes control plane, KWOK GPU nodes.
 
-One module-scoped environment:
+One module-scoped environment (the shared fixtures of tests/k8s/conftest.py):
 
 * ``make_bridge_cluster`` with the example configuration (partition gpu bridged, gang
   builtin, namespace slurm-jobs, cluster_name slurm): a real slurmctld with job_submit/k8s
@@ -21,11 +21,9 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -39,18 +37,16 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.core.config import job_namespaces, load_config
-from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
+from slurm_k8s_devcluster.bridge import BridgeCluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
-from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
 from slurm_k8s_bridge.slurm.client import SlurmClient
+
+from ..kube_env import DaemonProcess, DaemonRbac
 
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = REPO / ".venv" / "bin" / "python"
 JOBS_NS = "slurm-jobs"
 USER = "bridgeuser"
 CLUSTER_NAME = "slurm"
@@ -70,12 +66,9 @@ class Env:
     bridge: BridgeCluster
     kube: LocalKubeCluster
     admin: Any                       # kubernetes ApiClient, cluster-admin
-    sa_kubeconfig: Path
-    base: Path
+    daemon_process: DaemonProcess    # the daemon, as its ServiceAccount (tests/k8s/conftest.py)
     metrics_port: int
     standins: PodStandIns | None = None
-    daemon: subprocess.Popen | None = None
-    daemon_log: Path = field(default_factory=Path)
     slurm: SlurmClient = field(default_factory=SlurmClient)
 
     @property
@@ -83,36 +76,23 @@ class Env:
         return self.bridge.cluster
 
     # -- daemon --
+    @property
+    def daemon(self) -> subprocess.Popen | None:
+        return self.daemon_process.proc
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.daemon_process.log
+
     def start_daemon(self) -> None:
-        assert self.daemon is None or self.daemon.poll() is not None
-        cmd = [str(PYTHON), "-m", "slurm_k8s_bridge.cli", "run",
-               "--config", str(self.bridge.config_path),
-               "--kubeconfig", str(self.sa_kubeconfig),
-               "--metrics-port", str(self.metrics_port), "--poll-interval", "1"]
-        with open(self.daemon_log, "ab") as log:
-            log.write(f"==== {time.strftime('%H:%M:%S')} start {' '.join(cmd)}\n".encode())
-            log.flush()
-            self.daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True,
-                                           env=self.cluster.env(), cwd=str(self.base))
+        self.daemon_process.start(wait=False)
 
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
-        proc = self.daemon
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        with open(self.daemon_log, "ab") as log:
-            log.write(f"==== {time.strftime('%H:%M:%S')} daemon pid {proc.pid} ended by "
-                      f"signal {sig}\n".encode())
+        self.daemon_process.stop(sig)
 
     def daemon_alive(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is not None:
-            pytest.fail(f"the daemon exited rc={self.daemon.returncode}\n{self.diagnostics()}")
+        if self.daemon_process.exited() is not None:
+            pytest.fail(f"the daemon exited rc={self.daemon_process.exited()}\n{self.diagnostics()}")
 
     # -- diagnostics --
     def diagnostics(self, lines: int = 60) -> str:
@@ -217,51 +197,51 @@ class Env:
                   timeout, f"the dynamic Slurm nodes of jobs {jobs} gone")
 
 
+# the environment: the shared fixtures of tests/k8s/conftest.py, shaped for this module
 @pytest.fixture(scope="module")
-def env(k8s_bin_dir: Path) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("real Slurm needs root (network namespaces, munged)")
-    base = Path(tempfile.mkdtemp(prefix="skb-daemon-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    (base / "slurm").mkdir(mode=0o755)
-    bridge = make_bridge_cluster(base / "slurm", "daemon")
-    kube = LocalKubeCluster(base / "k8s", bin_dir=k8s_bin_dir, kwok_nodes=KWOK_NODES,
-                            node_shape=H100)
-    admin = None
-    e: Env | None = None
+def bridge_options() -> dict[str, Any]:
+    return {"name": "daemon"}
+
+
+@pytest.fixture(scope="module")
+def kube_options() -> dict[str, Any]:
+    return {"kwok_nodes": KWOK_NODES, "node_shape": H100}
+
+
+@pytest.fixture(scope="module")
+def daemon_rbac(bridge: BridgeCluster) -> DaemonRbac:
+    rbac = DaemonRbac.of_config(bridge.config_path)
+    assert JOBS_NS in rbac.job_namespaces
+    return rbac
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_ports(1)[0]
+
+
+@pytest.fixture(scope="module")
+def daemon_args(metrics_port: int) -> tuple[str, ...]:
+    return ("--metrics-port", str(metrics_port), "--poll-interval", "1")
+
+
+@pytest.fixture(scope="module")
+def standins(bridge: BridgeCluster, kube_admin: Any) -> Iterator[PodStandIns]:
+    """A real dynamic slurmd for every bridge pod Running on a KWOK node."""
+    running = PodStandIns(kube_admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
     try:
-        bridge.cluster.start(timeout=120)
-        bridge.cluster.ensure_user(USER)
-        kube.start(timeout=180)
-        config = load_config(str(bridge.config_path))
-        namespaces = job_namespaces(config)
-        assert JOBS_NS in namespaces
-        for namespace in (*namespaces, DAEMON_NAMESPACE):
-            kube.ensure_namespace(namespace)
-        admin = kube.admin_client()
-        kube.apply_as_admin(required_rbac(namespaces, native_gpu_usage=config.native_gpu_usage))
-        sa = kube.kubeconfig_for_service_account(DAEMON_NAMESPACE, SERVICE_ACCOUNT,
-                                                 base / "bridge.kubeconfig")
-        e = Env(bridge=bridge, kube=kube, admin=admin, sa_kubeconfig=sa, base=base,
-                metrics_port=free_ports(1)[0], daemon_log=base / "daemon.log",
-                slurm=SlurmClient(bridge.cluster.env(), timeout=15))
-        e.standins = PodStandIns(admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
-        e.start_daemon()
-        e.wait(lambda: '"msg": "started"' in e.daemon_log.read_text(), 60, "the daemon to start")
-        yield e
+        yield running
     finally:
-        if e is not None:
-            e.kill_daemon(signal.SIGTERM)
-            if e.standins is not None:
-                e.standins.stop()
-        if admin is not None:
-            admin.close()
-        kube.stop()
-        bridge.cluster.stop()
-        if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def env(bridge: BridgeCluster, kube_cluster: LocalKubeCluster, kube_admin: Any,
+        metrics_port: int, standins: PodStandIns, bridge_daemon: DaemonProcess) -> Env:
+    # standins before bridge_daemon: the stand-ins run before the daemon starts, and stop after it
+    return Env(bridge=bridge, kube=kube_cluster, admin=kube_admin, daemon_process=bridge_daemon,
+               metrics_port=metrics_port, standins=standins,
+               slurm=SlurmClient(bridge.cluster.env(), timeout=15))
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ import pytest
 
 from slurm_k8s_devcluster.dev import DevCluster
 
+from ..kube_env import require_root
+
 pytestmark = pytest.mark.k8s
 
 
@@ -29,8 +31,7 @@ def sourced_env(env_sh: Path) -> dict[str, str]:
 
 
 def test_up_status_up_again_and_down(k8s_bin_dir):
-    if os.geteuid() != 0:
-        pytest.skip("dev-cluster needs root")
+    require_root("dev-cluster needs root")
     base = Path(tempfile.mkdtemp(prefix="skb-dev-", dir="/var/tmp"))
     os.chmod(base, 0o755)
     try:

@@ -17,9 +17,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,13 +30,15 @@ from kubernetes.client.rest import ApiException
 
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
-from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT, required_rbac
+from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT
 from slurm_k8s_bridge.kube.cache import POD
 from slurm_k8s_bridge.kube.errors import GangBackendMissing, KubeApiError, ObjectOwnedElsewhere
 from slurm_k8s_bridge.kube.access import KubeAccess
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_bridge.core.normalize import normalize
 from slurm_k8s_bridge.core.render import render
+
+from ..kube_env import DaemonRbac
 
 pytestmark = pytest.mark.k8s
 
@@ -99,40 +98,16 @@ def running_pods(access: KubeAccess, name: str) -> list[dict[str, Any]]:
     return [p for p in pods if p.get("status", {}).get("phase") == "Running"]
 
 
-# -- fixtures ---------------------------------------------------------------------------
+# -- fixtures (the control plane, RBAC and ServiceAccount: tests/k8s/conftest.py) ------------
 
 @pytest.fixture(scope="module")
-def cluster(k8s_bin_dir: Path) -> Iterator[LocalKubeCluster]:
-    base = Path(tempfile.mkdtemp(prefix="skb-k8s-access-", dir="/tmp"))
-    kube = LocalKubeCluster(base, bin_dir=k8s_bin_dir, kwok_nodes=2,
-                            extra_args={"kube-apiserver": ["--watch-cache-sizes=pods#0"]})
-    try:
-        kube.start(timeout=120)
-        yield kube
-    finally:
-        kube.stop()
-        if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+def kube_options() -> dict[str, Any]:
+    return {"kwok_nodes": 2, "extra_args": {"kube-apiserver": ["--watch-cache-sizes=pods#0"]}}
 
 
 @pytest.fixture(scope="module")
-def sa_kubeconfig(cluster: LocalKubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for namespace in (JOBS_NS, DAEMON_NAMESPACE, OTHER_NS):
-        cluster.ensure_namespace(namespace)
-    cluster.apply_as_admin(required_rbac([JOBS_NS]))
-    return cluster.kubeconfig_for_service_account(
-        DAEMON_NAMESPACE, SERVICE_ACCOUNT, tmp_path_factory.mktemp("sa") / "bridge.kubeconfig")
-
-
-@pytest.fixture(scope="module")
-def sa_client(cluster: LocalKubeCluster, sa_kubeconfig: Path) -> Iterator[Any]:
-    api_client = cluster.client_from_kubeconfig(sa_kubeconfig)
-    try:
-        yield api_client
-    finally:
-        api_client.close()
+def daemon_rbac() -> DaemonRbac:
+    return DaemonRbac(job_namespaces=(JOBS_NS,), other_namespaces=(OTHER_NS,))
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +119,6 @@ def access(sa_client: Any) -> Iterator[KubeAccess]:
         yield kube
     finally:
         kube.stop()
-
-
-@pytest.fixture
-def admin(cluster: LocalKubeCluster) -> Iterator[Any]:
-    with cluster.admin_client() as api_client:
-        yield api_client
 
 
 # -- tests ------------------------------------------------------------------------------
@@ -230,7 +199,7 @@ def test_recorded_events_appear_via_the_api_and_the_cache(access: KubeAccess, ad
                30, "the Job controller's SuccessfulCreate event")
 
 
-def test_watch_relists_after_410_gone_and_converges(access: KubeAccess, cluster: LocalKubeCluster) -> None:
+def test_watch_relists_after_410_gone_and_converges(access: KubeAccess, kube_cluster: LocalKubeCluster) -> None:
     eventually(lambda: len(running_pods(access, "slurm-101")) == 2, 60, "the gang of job 101")
     ghost = {"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": "slurm-101-9-ghost", "namespace": JOBS_NS, "resourceVersion": "1",
@@ -239,7 +208,7 @@ def test_watch_relists_after_410_gone_and_converges(access: KubeAccess, cluster:
     relists_before = access.metrics.relists_total("pods")
     access._apply(POD, "ADDED", ghost)                            # a change the watch "missed"
     assert len(access.pods_of(JOBS_NS, "slurm-101")) == 3
-    compact_etcd(cluster)
+    compact_etcd(kube_cluster)
     access.resync(resource_version="1")                           # compacted away: the server says 410
     access.apply_gang(gang_objects(102))                          # and something happens meanwhile
     eventually(lambda: access.metrics.expired_total("pods") > expired_before, 30, "a 410 Gone on the pods watch")

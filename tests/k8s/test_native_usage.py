@@ -1,7 +1,7 @@
 """GPUs held by Kubernetes-native pods, seen in Slurm: real slurmctld, real control plane.
 
-One module-scoped environment, as an administrator sets it up with ``native_gpu_usage: true``
-(the example configuration):
+One module-scoped environment (the shared fixtures of tests/k8s/conftest.py), as an
+administrator sets it up with ``native_gpu_usage: true`` (the example configuration):
 
 * ``make_bridge_cluster`` (example configuration): slurmctld with the plugins, partition gpu
   holding the ``k8snodes`` NodeSet of mirrored nodes;
@@ -16,12 +16,9 @@ shows is read with ``scontrol show node`` and ``sinfo`` (as an ordinary user too
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,24 +29,20 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_bridge.core.config import job_namespaces, load_config
-from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
+from slurm_k8s_devcluster.bridge import BridgeCluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 from slurm_k8s_devcluster.slurm import _tail
 from slurm_k8s_bridge.kube.rbac import (
-    DAEMON_NAMESPACE,
     POD_READER_CLUSTER_ROLE,
-    SERVICE_ACCOUNT,
     native_gpu_usage_rbac,
-    required_rbac,
 )
 from slurm_k8s_bridge.daemon.mirror import NATIVE_USAGE_FORBIDDEN
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
+from ..kube_env import DaemonProcess, DaemonRbac
+
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = REPO / ".venv" / "bin" / "python"
 NATIVE_NS = "infer"
 OTHER_NS = "etl"
 USER = "bridgeuser"
@@ -65,35 +58,20 @@ class Env:
     kube: LocalKubeCluster
     admin: Any
     sa: Any                        # ApiClient as the daemon's ServiceAccount
-    kubeconfig: Path               # the daemon's ServiceAccount
-    base: Path
-    daemon_log: Path
+    daemon: DaemonProcess          # the daemon, as its ServiceAccount (tests/k8s/conftest.py)
     slurm: SlurmClient
-    daemon: subprocess.Popen | None = None
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.daemon.log
 
     def start_daemon(self) -> None:
-        cmd = [str(PYTHON), "-m", "slurm_k8s_bridge.cli", "run", "--config", str(self.bridge.config_path),
-               "--kubeconfig", str(self.kubeconfig), "--poll-interval", "1"]
-        starts = self.daemon_log.read_text().count('"msg": "started"') if self.daemon_log.exists() else 0
-        with open(self.daemon_log, "ab") as out:
-            out.write(f"==== {time.strftime('%H:%M:%S')} start\n".encode())
-            out.flush()
-            self.daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True, env=self.bridge.cluster.env(),
-                                           cwd=str(self.base))
-        self.wait(lambda: self.daemon_log.read_text().count('"msg": "started"') > starts, 60,
-                  "the daemon to start")
+        starts = self.daemon.starts()
+        self.daemon.start(wait=False)
+        self.wait(lambda: self.daemon.starts() > starts, 60, "the daemon to start")
 
     def stop_daemon(self) -> None:
-        daemon = self.daemon
-        if daemon is None or daemon.poll() is not None:
-            return
-        os.kill(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(daemon.pid, signal.SIGKILL)
-            daemon.wait(timeout=5)
+        self.daemon.stop(signal.SIGTERM)
 
     def comment(self, node: str) -> str | None:
         found = self.slurm.node(node)
@@ -111,8 +89,8 @@ class Env:
         deadline = time.monotonic() + timeout
         last: Any = None
         while True:
-            if self.daemon is not None and self.daemon.poll() is not None:
-                pytest.fail(f"the daemon exited rc={self.daemon.returncode}\n{self.diagnostics()}")
+            if self.daemon.exited() is not None:
+                pytest.fail(f"the daemon exited rc={self.daemon.exited()}\n{self.diagnostics()}")
             try:
                 last = check()
             except (ApiException, subprocess.SubprocessError, OSError) as exc:
@@ -146,49 +124,32 @@ class Env:
                 raise
 
 
+# -- the environment: the shared fixtures of tests/k8s/conftest.py, shaped for this module ----
 @pytest.fixture(scope="module")
-def env(k8s_bin_dir: Path) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("real Slurm needs root (network namespaces, munged)")
-    base = Path(tempfile.mkdtemp(prefix="skb-native-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    (base / "slurm").mkdir(mode=0o755)
-    bridge = make_bridge_cluster(base / "slurm", "native")
-    kube = LocalKubeCluster(base / "k8s", bin_dir=k8s_bin_dir, kwok_nodes=2, node_shape=H100)
-    admin = sa = None
-    e: Env | None = None
-    try:
-        bridge.cluster.start(timeout=120)
-        bridge.cluster.ensure_user(USER)
-        kube.start(timeout=180)
-        config = load_config(str(bridge.config_path))
-        assert config.native_gpu_usage, "the example configuration opts in"
-        namespaces = job_namespaces(config)
-        for namespace in (*namespaces, DAEMON_NAMESPACE, NATIVE_NS, OTHER_NS):
-            kube.ensure_namespace(namespace)
-        kube.apply_as_admin(required_rbac(namespaces, native_gpu_usage=config.native_gpu_usage))
-        kubeconfig = kube.kubeconfig_for_service_account(DAEMON_NAMESPACE, SERVICE_ACCOUNT,
-                                                         base / "bridge.kubeconfig")
-        admin = kube.admin_client()
-        sa = kube.client_from_kubeconfig(kubeconfig)
-        e = Env(bridge=bridge, kube=kube, admin=admin, sa=sa, kubeconfig=kubeconfig, base=base,
-                daemon_log=base / "daemon.log", slurm=SlurmClient(bridge.cluster.env(), timeout=15))
-        e.start_daemon()
-        e.wait(lambda: e.comment("k8s-gpu-0") == "" and e.comment("k8s-gpu-1") == "", 30,
-               "both KWOK nodes mirrored, with no comment")
-        yield e
-    finally:
-        if e is not None:
-            e.stop_daemon()
-        for api_client in (sa, admin):
-            if api_client is not None:
-                api_client.close()
-        kube.stop()
-        bridge.cluster.stop()
-        if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+def bridge_options() -> dict[str, Any]:
+    return {"name": "native"}
+
+
+@pytest.fixture(scope="module")
+def kube_options() -> dict[str, Any]:
+    return {"kwok_nodes": 2, "node_shape": H100}
+
+
+@pytest.fixture(scope="module")
+def daemon_rbac(bridge: BridgeCluster) -> DaemonRbac:
+    rbac = DaemonRbac.of_config(bridge.config_path, other_namespaces=(NATIVE_NS, OTHER_NS))
+    assert rbac.native_gpu_usage, "the example configuration opts in"
+    return rbac
+
+
+@pytest.fixture(scope="module")
+def env(bridge: BridgeCluster, kube_cluster: LocalKubeCluster, kube_admin: Any, sa_client: Any,
+        bridge_daemon: DaemonProcess) -> Env:
+    e = Env(bridge=bridge, kube=kube_cluster, admin=kube_admin, sa=sa_client, daemon=bridge_daemon,
+            slurm=SlurmClient(bridge.cluster.env(), timeout=15))
+    e.wait(lambda: e.comment("k8s-gpu-0") == "" and e.comment("k8s-gpu-1") == "", 30,
+           "both KWOK nodes mirrored, with no comment")
+    return e
 
 
 @pytest.fixture(autouse=True)

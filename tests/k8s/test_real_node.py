@@ -1,6 +1,6 @@
 """RealNode: a real kubelet + containerd node in the local control plane runs pods for real.
 
-The module starts its own ``LocalKubeCluster`` (no KWOK nodes) and one ``RealNode`` that
+The module's ``kube_cluster`` (tests/k8s/conftest.py, no KWOK nodes) gets one ``RealNode`` that
 advertises 2 ``nvidia.com/gpu`` without GPUs. When this machine cannot run a node (not
 root, packages missing and not installable, no cgroups, the kubelet cannot be built) every
 test is skipped with the reason printed. Set SKB_KEEP_CLUSTER_DIR=1 to keep the logs.
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
-import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -25,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
-from slurm_k8s_devcluster.k8s import KubeClusterError, LocalKubeCluster, wait_for
+from slurm_k8s_devcluster.k8s import KubeClusterError, wait_for
 from slurm_k8s_devcluster.kubelet import (
     BUSYBOX_IMAGE,
     RealNode,
@@ -35,6 +33,9 @@ from slurm_k8s_devcluster.kubelet import (
     ensure_node_prerequisites,
 )
 
+from ..kube_env import remove_scratch_dir, scratch_dir
+from ..kube_env import skip as _skip
+
 pytestmark = pytest.mark.k8s
 
 NODE = "real-0"
@@ -42,9 +43,10 @@ GPUS = 2
 NS = "real-node"
 
 
-def _skip(reason: str) -> None:
-    print(f"SKIP: {reason}")
-    pytest.skip(reason)
+@pytest.fixture(scope="module")
+def kube_options():
+    """The control plane of tests/k8s/conftest.py, without KWOK nodes."""
+    return {"kwok_nodes": 0}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,12 @@ def node_parts(k8s_bin_dir):
 
 
 @pytest.fixture(scope="module")
-def real_node(k8s_bin_dir, node_parts):
+def real_node(node_parts, kube_cluster):
+    # node_parts first: a machine that cannot run a node skips before the control plane starts
     kubelet, images = node_parts
-    base = Path(tempfile.mkdtemp(prefix="skb-k8s-realnode-", dir="/tmp"))
-    cluster = LocalKubeCluster(base / "cp", bin_dir=k8s_bin_dir)
-    node = RealNode(cluster, NODE, base / "node", gpus=GPUS, kubelet_bin=kubelet, images=images)
+    base = scratch_dir("k8s-realnode")
+    node = RealNode(kube_cluster, NODE, base / "node", gpus=GPUS, kubelet_bin=kubelet, images=images)
     try:
-        cluster.start(timeout=120)
         try:
             node.start(timeout=180)
         except RealNodeUnavailable as exc:
@@ -74,15 +75,11 @@ def real_node(k8s_bin_dir, node_parts):
         print(f"\nRealNode {NODE} Ready in {node.start_seconds:.1f}s "
               f"({', '.join(f'{k} {v:.1f}s' for k, v in node.timings.items())}); "
               f"node IP {node.node_ip}, pods {node.pod_cidr}")
-        cluster.ensure_namespace(NS)
+        kube_cluster.ensure_namespace(NS)
         yield node
     finally:
         node.stop()
-        cluster.stop()
-        if os.environ.get("SKB_KEEP_CLUSTER_DIR"):
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        remove_scratch_dir(base)
 
 
 @pytest.fixture

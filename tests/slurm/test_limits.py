@@ -28,6 +28,8 @@ from slurm_k8s_bridge.slurm.client import SlurmClient
 from .bridge_fixtures import make_bridge_cluster
 from .conftest import make_base_dir, remove_base_dir, require_root
 
+pytestmark = pytest.mark.slurm
+
 USER = "bridgeuser"
 SLEEP = "#!/bin/bash\nsleep 300\n"
 
@@ -90,7 +92,6 @@ def wait_for(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
-@pytest.mark.slurm
 def test_max_jobs_per_user_for_held_bridged_jobs(env):
     first = submit(env, "-p", "gpu", "--qos=gpu1", "--gres=gpu:h100:4", "-c", "2")
     second = submit(env, "-p", "gpu", "--qos=gpu1", "--gres=gpu:h100:4", "-c", "2")
@@ -148,7 +149,6 @@ def test_max_jobs_per_user_for_held_bridged_jobs(env):
         env.cluster.run(["scancel", str(first), str(second)])
 
 
-@pytest.mark.slurm
 def test_group_gpu_limit_counts_admitting_gangs_and_matches_slurm(env):
     """QOS gpu6: GrpTRES=gres/gpu=6. A running cpu-partition job holds 2 GPUs."""
     running = submit(env, "-p", "cpu", "--qos=gpu6", "--gres=gpu:2", "-c", "1", "--mem=100")
@@ -178,7 +178,6 @@ def test_group_gpu_limit_counts_admitting_gangs_and_matches_slurm(env):
         env.cluster.run(["scancel", *map(str, jobs)])
 
 
-@pytest.mark.slurm
 def test_without_accounting_there_are_no_limits(make_slurm_cluster):
     cluster = make_slurm_cluster("nolimits", node_count=1)
     cluster.start()

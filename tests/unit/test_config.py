@@ -15,6 +15,8 @@ from slurm_k8s_bridge.core.errors import ConfigError
 
 from .conftest import EXAMPLE_CONFIG
 
+pytestmark = pytest.mark.unit
+
 
 def example_data() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(EXAMPLE_CONFIG.read_text())

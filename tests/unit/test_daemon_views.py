@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from slurm_k8s_bridge.daemon.metrics import DaemonMetrics
 from slurm_k8s_bridge.daemon.observe import (
     _expand_hostlist,
@@ -15,6 +17,8 @@ from slurm_k8s_bridge.daemon.observe import (
 from slurm_k8s_bridge.daemon.plan import GangKey
 from slurm_k8s_bridge.slurm.records import SlurmJob
 from slurm_k8s_bridge.core.request import SlurmJobRequest
+
+pytestmark = pytest.mark.unit
 
 STAMP = SlurmJobRequest(partition="gpu", min_nodes=2, tres_per_node="gres:gpu:8").stamp()
 HELD = SlurmJobRequest(partition="gpu", user_hold=True).stamp()

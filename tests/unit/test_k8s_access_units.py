@@ -19,6 +19,8 @@ from slurm_k8s_bridge.kube.errors import KubeApiError
 from slurm_k8s_bridge.kube.transport import RetryPolicy, TokenBucket, _Reply, is_retryable
 from slurm_k8s_bridge.kube.rbac import render_rbac_yaml, required_rbac
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 RBAC_YAML = REPO / "deploy" / "rbac.yaml"
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from slurm_k8s_bridge.core.config import load_config
 from slurm_k8s_bridge.daemon.mirror import MirrorAction, desired_mirror, plan_mirror
 from slurm_k8s_bridge.slurm.records import SlurmNode
+
+pytestmark = pytest.mark.unit
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "slurm_plugins" /
                      "k8s-bridge.example.yaml")

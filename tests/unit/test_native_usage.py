@@ -44,6 +44,8 @@ from slurm_k8s_bridge.slurm.records import SlurmNode
 
 from .test_mirror import k8s_node
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
 POD_READER_YAML = REPO / "deploy" / "rbac-native-gpu-usage.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from slurm_k8s_bridge.core.render import (
 
 from .conftest import EXAMPLE_CONFIG
 from .helpers import bridged, container, env, kind, pod_spec, request
+
+pytestmark = pytest.mark.unit
 
 LABEL = "slurm-k8s-bridge.io/"
 
@@ -136,9 +139,85 @@ def test_shared_mounts_at_the_same_path(job_objects: list[dict[str, Any]]) -> No
     assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
 
 
-def test_render_is_deterministic(config: BridgeConfig) -> None:
-    breq = bridged(config, "--gpus=16", "-C", "a100|h100")
-    assert render(breq, config, 7) == render(breq, config, 7)
+def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """Every scalar of rendered objects by its path (list items by position, env and
+    containers by name), so that two renders can be compared field by field."""
+    if isinstance(obj, dict):
+        out: dict[tuple[Any, ...], Any] = {}
+        for key, value in obj.items():
+            out.update(_leaves(value, (*path, key)))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, value in enumerate(obj):
+            key = value.get("name", i) if isinstance(value, dict) else i
+            out.update(_leaves(value, (*path, key)))
+        return out
+    return {path: obj}
+
+
+def _differing(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[Any, Any]]:
+    left, right = _leaves(a), _leaves(b)
+    return {p: (left.get(p), right.get(p)) for p in left.keys() | right.keys() if left.get(p) != right.get(p)}
+
+
+def test_render_is_deterministic() -> None:
+    """Two independent renders of one job are identical (fresh configurations parsed
+    separately, requests normalized separately, another job rendered in between), and
+    renders of different jobs differ exactly where they must: a render that ignored its
+    input, or depended on hidden state, fails here."""
+    argv = ("--gpus=16", "-C", "a100|h100")
+    config_a, config_b = config_with(), config_with()
+    assert config_a is not config_b
+    breq_a, breq_b = bridged(config_a, *argv), bridged(config_b, *argv)
+    assert breq_a is not breq_b
+    pristine = copy.deepcopy(breq_a)
+
+    first = render(breq_a, config_a, 7001)
+    snapshot = copy.deepcopy(first)
+    kind(first, "Job")[0]["metadata"]["labels"]["scribbled"] = "by the caller"   # not shared
+    container(kind(first, "Job")[0])["env"].clear()
+    render(bridged(config_a, "-N", "3", "--gres=gpu:h100:2", "-J", "other"), config_a, 7002)
+    second = render(breq_b, config_b, 7001)
+    assert breq_a == pristine                                  # render left its input alone
+    assert second == snapshot
+    assert json.dumps(second) == json.dumps(snapshot)          # same key order too
+    again = render(breq_a, config_a, 7001)                     # and again, after all that
+    assert json.dumps(again) == json.dumps(snapshot)
+
+    # another job id: other names, job-id labels, selector, subdomain, SLURM_K8S_JOB_ID -- nothing else
+    other_id = render(bridged(config_b, *argv), config_b, 7002)
+    diff = _differing(snapshot, other_id)
+    job_id_label = LABEL + "job-id"
+    for i in range(2):                                          # Service, Job
+        assert (i, "metadata", "name") in diff
+        assert (i, "metadata", "labels", job_id_label) in diff
+    assert (0, "spec", "selector", job_id_label) in diff
+    assert (1, "spec", "template", "metadata", "labels", job_id_label) in diff
+    assert (1, "spec", "template", "spec", "subdomain") in diff
+    assert kind(other_id, "Job")[0]["metadata"]["name"] == "slurm-7002"
+    assert kind(other_id, "Job")[0]["metadata"]["labels"][job_id_label] == "7002"
+    assert env(kind(other_id, "Job")[0])["SLURM_K8S_JOB_ID"] == "7002"
+    assert all(isinstance(old, str) and old.replace("7001", "7002") == new
+               for old, new in diff.values()), diff
+
+    # other GPU counts: other GPU resources and node GRES, same names
+    def gpus_per_pod(objects: list[dict[str, Any]]) -> tuple[str, str, str]:
+        job = kind(objects, "Job")[0]
+        resources = container(job)["resources"]
+        return (resources["requests"]["nvidia.com/gpu"], resources["limits"]["nvidia.com/gpu"],
+                env(job)["SLURM_K8S_NODE_GRES"])
+
+    two = render(bridged(config_a, "-N", "1", "--gres=gpu:h100:2"), config_a, 7003)
+    four = render(bridged(config_b, "-N", "1", "--gres=gpu:h100:4"), config_b, 7003)
+    assert gpus_per_pod(two) == ("2", "2", "gpu:h100:2")
+    assert gpus_per_pod(four) == ("4", "4", "gpu:h100:4")
+    assert {o["metadata"]["name"] for o in two} == {o["metadata"]["name"] for o in four} == {"slurm-7003"}
+    # other node counts: another gang size
+    three_nodes = render(bridged(config_b, "-N", "3", "--gres=gpu:h100:2"), config_b, 7003)
+    assert kind(two, "Job")[0]["spec"]["completions"] == 1
+    assert kind(three_nodes, "Job")[0]["spec"]["completions"] == 3
+    assert kind(three_nodes, "Job")[0]["spec"]["parallelism"] == 3
 
 
 def test_no_gpus_no_gpu_resource_or_toleration(config: BridgeConfig) -> None:

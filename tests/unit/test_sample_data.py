@@ -21,6 +21,8 @@ from slurm_k8s_bridge.core.render import render_all
 
 from .helpers import container, env, kind, pod_spec, script
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).parent / "data" / "sbatch-directives-sample.json"
 CASES: list[dict[str, Any]] = json.loads(DATA.read_text())
 GiB = 1024

@@ -24,6 +24,8 @@ from slurm_k8s_bridge.core.request import UNLIMITED
 
 from .helpers import GID, UID, request, script
 
+pytestmark = pytest.mark.unit
+
 # -- directives -------------------------------------------------------------------------
 
 def test_first_line_must_be_a_shebang() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from slurm_k8s_bridge.core.config import load_config
 from slurm_k8s_bridge.slurm.conf import (
     inventory_lines,
@@ -12,6 +14,8 @@ from slurm_k8s_bridge.slurm.conf import (
     resume_program,
     shape_gres,
 )
+
+pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "slurm_plugins" / "k8s-bridge.example.yaml"
 

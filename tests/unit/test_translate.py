@@ -19,6 +19,8 @@ from slurm_k8s_bridge.core.gpus import parse_tres
 from .conftest import EXAMPLE_CONFIG
 from .helpers import bridged, refused, request
 
+pytestmark = pytest.mark.unit
+
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
 PRODUCT = "nvidia.com/gpu.product"

@@ -1,0 +1,1 @@
+"""End to end on a real kubelet: worker pods running slurmd for real."""
