@@ -603,10 +603,6 @@ class KubeAccess:
         self._served[kind] = (now, served)
         return served
 
-    def volcano_installed(self, max_age: float = 60.0) -> bool:
-        """Whether the API server serves Volcano's PodGroups (cached)."""
-        return self.kind_served("PodGroup", max_age)
-
 
 def _gang_key(namespace: str, labels: Mapping[str, Any], cluster: str) -> str | None:
     """``namespace/<cluster>-<job id>[-<array task>]``: the gang a request is made for."""
