@@ -137,7 +137,7 @@ for suite in "${suites[@]}"; do
 		t=$(now)
 		log=$(mktemp "${TMPDIR:-/tmp}/build-$name-$suite.XXXXXX.log")
 		if ! "$engine" build "${cache_args[@]}" "${secret_args[@]}" --build-arg "SUITE=$suite" \
-				-f "containers/$name/Containerfile" -t "$tag" . >"$log" 2>&1; then
+				-f containers/Containerfile --target "$name" -t "$tag" . >"$log" 2>&1; then
 			tail -n 40 "$log" >&2
 			echo "build-images: building $tag failed (full log: $log)" >&2
 			exit 1

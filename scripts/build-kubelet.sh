@@ -65,91 +65,26 @@ OUT_DIR="${CACHE_ROOT}/kubelet-${K8S_VERSION}-r1"
 BIN_DIR="${OUT_DIR}/bin"
 STAMP="${OUT_DIR}/.complete"
 
-if [[ -f "${STAMP}" && -x "${BIN_DIR}/kubelet" ]]; then
-    echo "${BIN_DIR}"
-    exit 0
-fi
-
+cache_or_lock "${BIN_DIR}/kubelet"   # scripts/lib.sh: exits here when built
 parse_k8s_version   # scripts/lib.sh: K8S_MINOR, K8S_PATCH, STAGING_VERSION
+# The control plane's Go environment (scripts/lib.sh), so the module cache is shared. Upstream
+# builds the kubelet with cgo when a compiler is there; nothing it needs on Linux requires cgo
+# (cadvisor's optional cgo parts are behind build tags), so it is built static like the rest.
+go_build_env
 
-mkdir -p "${OUT_DIR}"
-exec 9>"${OUT_DIR}/.lock"
-flock 9
-if [[ -f "${STAMP}" && -x "${BIN_DIR}/kubelet" ]]; then
-    echo "${BIN_DIR}"
-    exit 0
-fi
-
-# Same Go environment as scripts/build-k8s-binaries.sh, so the module cache is shared.
-export GOPATH="${CACHE_ROOT}/gopath"
-export GOMODCACHE="${GOPATH}/pkg/mod"
-export GOTOOLCHAIN=local
-export GO111MODULE=on
-export GOFLAGS="-mod=mod -buildvcs=false -p=${BUILD_JOBS}"
-# Upstream builds the kubelet with cgo when a compiler is there; nothing it needs on Linux
-# requires cgo (cadvisor's optional cgo parts are behind build tags), so it is built static
-# like the control plane.
-export CGO_ENABLED=0
-unset GOOS GOARCH 2>/dev/null || true
-export GOWORK=off
-
-gocmd() { nice -n "${BUILD_NICE}" "${GO}" "$@"; }
-
-WORK="$(mktemp -d "${OUT_DIR}/.work.XXXXXX")"
-trap 'rm -rf "${WORK}"' EXIT
 w="${WORK}/kubelet"
-mkdir -p "${w}" "${WORK}/bin"
-printf 'module local.invalid/kubelet\n\ngo 1.24.0\n' >"${w}/go.mod"
-
+mkdir -p "${WORK}/bin"
 log "go: $("${GO}" version)"
 log "kubelet ${K8S_VERSION} (staging ${STAGING_VERSION}) -> ${BIN_DIR}"
 SECONDS=0
-
-gomod="$(cd "${w}" && gocmd mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
-    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
-[[ -f "${gomod}" ]] || die "could not download k8s.io/kubernetes@${K8S_VERSION}"
-# k8s.io/kubernetes requires its staging repos at v0.0.0 and replaces them with
-# ./staging/src/...: point each at the published v0.MINOR.PATCH module instead.
-mapfile -t staging < <(awk '
-    /^require[[:space:]]*\(/ {inreq=1; next}
-    /^replace[[:space:]]*\(/ {inrep=1; next}
-    /^\)/ {inreq=0; inrep=0; next}
-    inreq && $2 == "v0.0.0" {req[$1]=1}
-    inrep && $2 == "=>" && $3 ~ /^\.\/staging\// {rep[$1]=1}
-    END {for (m in rep) if (m in req) print m}
-' "${gomod}" | sort)
-(( ${#staging[@]} > 10 )) || die "unexpectedly few staging modules parsed from ${gomod}"
-{
-    printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "${K8S_VERSION}"
-    for m in "${staging[@]}"; do printf '\t%s => %s %s\n' "$m" "$m" "${STAGING_VERSION}"; done
-    printf ')\n'
-} >>"${w}/go.mod"
-
+k8s_wrapper "${w}"     # scripts/lib.sh
 log "resolving k8s.io/kubernetes/cmd/kubelet@${K8S_VERSION}"
 (cd "${w}" && gocmd get "k8s.io/kubernetes/cmd/kubelet@${K8S_VERSION}")
-
-build_date="$(date -u ${SOURCE_DATE_EPOCH:+--date=@${SOURCE_DATE_EPOCH}} +%Y-%m-%dT%H:%M:%SZ)"
-ldflags="-s -w"
-for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
-    ldflags+=" -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${K8S_MINOR}"
-    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.gitCommit=0000000000000000000000000000000000000000"
-    ldflags+=" -X ${pkg}.buildDate=${build_date}"
-done
-log "building kubelet"
-(cd "${w}" && gocmd build -trimpath -tags=selinux,notest,grpcnotrace \
-    -ldflags "${ldflags}" -o "${WORK}/bin/kubelet" k8s.io/kubernetes/cmd/kubelet)
+k8s_build "${w}" "${WORK}/bin/kubelet" kubelet
 
 out="$("${WORK}/bin/kubelet" --version 2>&1)" || die "kubelet --version failed: ${out}"
 [[ "${out}" == *"Kubernetes ${K8S_VERSION}"* ]] || die "kubelet --version: got ${out}"
 log "verified: ${out}"
 
-rm -rf "${BIN_DIR}"
-mv "${WORK}/bin" "${BIN_DIR}"
-{
-    echo "kubelet=${K8S_VERSION}"
-    echo "go=$("${GO}" env GOVERSION) built=${build_date} seconds=${SECONDS}"
-} >"${STAMP}.tmp"
-mv "${STAMP}.tmp" "${STAMP}"
-log "done in ${SECONDS}s"
+cache_publish "${WORK}/bin" "kubelet=${K8S_VERSION}"
 echo "${BIN_DIR}"

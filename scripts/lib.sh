@@ -33,3 +33,112 @@ parse_k8s_version() {
 	K8S_PATCH="${BASH_REMATCH[2]}"
 	STAGING_VERSION="v0.${K8S_MINOR}.${K8S_PATCH}"
 }
+
+# cache_or_lock [FILE]: the build cached in OUT_DIR (complete when STAMP, and FILE if given,
+# exist) prints BIN_DIR and exits the script; otherwise takes OUT_DIR's lock (fd 9, held until
+# the script ends), so concurrent builds of one version wait for each other, and looks again.
+cache_ready() { [[ -f "${STAMP}" ]] && { [[ -z "${1:-}" ]] || [[ -x "$1" ]]; }; }
+cache_or_lock() {
+	if cache_ready "$@"; then echo "${BIN_DIR}"; exit 0; fi
+	mkdir -p "${OUT_DIR}"
+	exec 9>"${OUT_DIR}/.lock"
+	flock 9
+	if cache_ready "$@"; then echo "${BIN_DIR}"; exit 0; fi   # finished while we waited
+}
+
+# go_build_env: everything from the module proxy, cached under CACHE_ROOT (one module cache
+# for every build), static binaries (CGO_ENABLED=0) as upstream ships them, never another
+# toolchain; gocmd runs go at BUILD_NICE; WORK is a scratch folder in OUT_DIR, removed at exit.
+go_build_env() {
+	export GOPATH="${CACHE_ROOT}/gopath"
+	export GOMODCACHE="${GOPATH}/pkg/mod"
+	export GOTOOLCHAIN=local
+	export GO111MODULE=on
+	export GOFLAGS="-mod=mod -buildvcs=false -p=${BUILD_JOBS}"
+	export CGO_ENABLED=0
+	unset GOOS GOARCH 2>/dev/null || true
+	export GOWORK=off
+	build_date="$(date -u ${SOURCE_DATE_EPOCH:+--date=@${SOURCE_DATE_EPOCH}} +%Y-%m-%dT%H:%M:%SZ)"
+	WORK="$(mktemp -d "${OUT_DIR}/.work.XXXXXX")"
+	# shellcheck disable=SC2064 # WORK is fixed now
+	trap "rm -rf '${WORK}'" EXIT
+}
+gocmd() { nice -n "${BUILD_NICE}" "${GO}" "$@"; }
+
+# cache_publish STAGED_BIN LINE: the built binaries become BIN_DIR and the stamp (LINE, then
+# the Go version, build date and seconds) marks OUT_DIR complete; the stamp is written last.
+cache_publish() {
+	rm -rf "${BIN_DIR}"
+	mv "$1" "${BIN_DIR}"
+	{
+		echo "$2"
+		echo "go=$("${GO}" env GOVERSION) built=${build_date} seconds=${SECONDS}"
+	} >"${STAMP}.tmp"
+	mv "${STAMP}.tmp" "${STAMP}"
+	log "done in ${SECONDS}s"
+}
+
+# go_wrapper DIR GOVERSION: an empty main module in DIR whose only job is to require the
+# upstream module (without inheriting its replace directives).
+go_wrapper() {
+	mkdir -p "$1"
+	printf 'module local.invalid/%s\n\ngo %s\n' "$(basename "$1")" "$2" >"$1/go.mod"
+}
+
+# k8s_wrapper DIR: a wrapper module requiring k8s.io/kubernetes@K8S_VERSION. That module
+# requires its staging repos at v0.0.0 and replaces them with ./staging/src/k8s.io/<name>;
+# the wrapper replaces each with the published k8s.io/<name> STAGING_VERSION module instead,
+# the list generated from the upstream go.mod (those with a `=> ./staging/src/...` replace
+# that the module also requires at v0.0.0).
+k8s_wrapper() {
+	local w="$1" gomod m
+	go_wrapper "$w" 1.24.0
+	log "fetching k8s.io/kubernetes@${K8S_VERSION} from the proxy"
+	gomod="$(cd "$w" && gocmd mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
+		| sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
+	[[ -f "${gomod}" ]] || die "could not download k8s.io/kubernetes@${K8S_VERSION}"
+	local -a staging
+	mapfile -t staging < <(awk '
+		/^require[[:space:]]*\(/ {inreq=1; next}
+		/^replace[[:space:]]*\(/ {inrep=1; next}
+		/^\)/ {inreq=0; inrep=0; next}
+		inreq && $2 == "v0.0.0" {req[$1]=1}
+		inrep && $2 == "=>" && $3 ~ /^\.\/staging\// {rep[$1]=1}
+		END {for (m in rep) if (m in req) print m}
+	' "${gomod}" | sort)
+	(( ${#staging[@]} > 10 )) || die "unexpectedly few staging modules parsed from ${gomod}"
+	log "${#staging[@]} staging modules -> ${STAGING_VERSION}"
+	{
+		printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "${K8S_VERSION}"
+		for m in "${staging[@]}"; do printf '\t%s => %s %s\n' "$m" "$m" "${STAGING_VERSION}"; done
+		printf ')\n'
+	} >>"$w/go.mod"
+}
+
+# k8s_build DIR OUT CMD: builds k8s.io/kubernetes/cmd/CMD in the wrapper DIR into OUT, with
+# the -X version variables of hack/lib/version.sh (kube::version::ldflags) and the tags of
+# hack/lib/golang.sh (selinux,notest,grpcnotrace).
+k8s_build() {
+	local ldflags="-s -w" pkg
+	for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+		ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
+		ldflags+=" -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${K8S_MINOR}"
+		ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.gitCommit=0000000000000000000000000000000000000000"
+		ldflags+=" -X ${pkg}.buildDate=${build_date}"
+	done
+	log "building $3"
+	(cd "$1" && gocmd build -trimpath -tags=selinux,notest,grpcnotrace \
+		-ldflags "${ldflags}" -o "$2" "k8s.io/kubernetes/cmd/$3")
+}
+
+# go_get_build NAME PKG VERSION OUT LDFLAGS: PKG@VERSION resolved in its own wrapper module
+# (WORK/NAME) and built into OUT with LDFLAGS, for main packages whose module cannot be
+# `go install`ed directly (local replace directives).
+go_get_build() {
+	local w="${WORK}/$1"
+	go_wrapper "$w" 1.24
+	log "$1: resolving $2@$3"
+	(cd "$w" && gocmd get "$2@$3")
+	log "$1: building"
+	(cd "$w" && gocmd build -trimpath -ldflags "$5" -o "$4" "$2")
+}

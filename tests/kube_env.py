@@ -18,14 +18,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
+
+from slurm_k8s_devcluster.supervisor import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -33,6 +36,9 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 BRIDGE_USER = "bridgeuser"
 #: what the daemon logs once it is up (counted to tell a restart from the previous start)
 DAEMON_STARTED = '"msg": "started"'
+
+
+T = TypeVar("T")
 
 
 def skip(reason: str) -> NoReturn:
@@ -173,3 +179,38 @@ class DaemonProcess:
         with open(self.log, "ab") as out:
             out.write(f"==== {time.strftime('%H:%M:%S')} daemon pid {proc.pid} ended by "
                       f"signal {sig}\n".encode())
+
+
+def poll(check: Callable[[], T], *, timeout: float, what: str, interval: float,
+         alive: Callable[[], None], diagnostics: Callable[[], str],
+         transient: tuple[type[BaseException], ...]) -> T:
+    """Call ``check`` until it returns something truthy and return that. Before each try
+    ``alive()`` fails the test if what is under test died; a ``transient`` exception counts
+    as not yet. After ``timeout`` seconds the test fails naming ``what``, the last answer and
+    ``diagnostics()``."""
+    last: list[Any] = [None]
+
+    def ready() -> T:
+        try:
+            last[0] = check()
+        except transient as exc:
+            last[0] = exc
+            raise
+        return last[0]
+
+    def timed_out(_: BaseException | None) -> BaseException:
+        return pytest.fail.Exception(
+            f"timed out after {timeout:.0f}s waiting for {what}; last: {last[0]!r}\n{diagnostics()}")
+
+    return wait_until(ready, timeout, interval=interval, timed_out=timed_out, check=alive,
+                      retry_on=transient)
+
+
+def diagnostics_on_failure(request: pytest.FixtureRequest,
+                           diagnostics: Callable[[], str]) -> Iterator[None]:
+    """The body of an autouse fixture: when the test fails, ``diagnostics()`` (daemon log
+    tail, squeue, ...) goes to the real stderr, past pytest's capture."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed and sys.__stderr__ is not None:
+        sys.__stderr__.write(f"\n{diagnostics()}\n")

@@ -316,17 +316,21 @@ class LocalKubeCluster(Supervised):
 
         common = ["--authentication-skip-lookup", "--bind-address", "127.0.0.1",
                   "--leader-elect=false"]
-        kcm_cfg = str(r / "controller-manager.kubeconfig")
+
+        def identity(component: str, name: str) -> list[str]:
+            """A component's kubeconfig for everything, its secure port and certificates."""
+            cfg = str(r / f"{name}.kubeconfig")
+            return ["--kubeconfig", cfg, "--authentication-kubeconfig", cfg,
+                    "--authorization-kubeconfig", cfg, "--secure-port", str(ports[component]),
+                    "--cert-dir", str(r / name)]
+
         qps = []
         if self.controller_manager_qps:
             qps = [f"--kube-api-qps={self.controller_manager_qps:g}",
                    f"--kube-api-burst={int(self.controller_manager_qps * 2)}"]
         self._popen("kube-controller-manager", [
             str(b / "kube-controller-manager"), *common,
-            "--kubeconfig", kcm_cfg, "--authentication-kubeconfig", kcm_cfg,
-            "--authorization-kubeconfig", kcm_cfg,
-            "--secure-port", str(ports["kube-controller-manager"]),
-            "--cert-dir", str(r / "controller-manager"),
+            *identity("kube-controller-manager", "controller-manager"),
             "--flex-volume-plugin-dir", str(r / "flexvolume"),
             "--controllers", "*",
             "--use-service-account-credentials",
@@ -337,14 +341,8 @@ class LocalKubeCluster(Supervised):
             "--service-cluster-ip-range", self.service_cidr,
             *qps,
         ])
-        sch_cfg = str(r / "scheduler.kubeconfig")
         self._popen("kube-scheduler", [
-            str(b / "kube-scheduler"), *common,
-            "--kubeconfig", sch_cfg, "--authentication-kubeconfig", sch_cfg,
-            "--authorization-kubeconfig", sch_cfg,
-            "--secure-port", str(ports["kube-scheduler"]),
-            "--cert-dir", str(r / "scheduler"),
-        ])
+            str(b / "kube-scheduler"), *common, *identity("kube-scheduler", "scheduler")])
         kwok_cfg = str(r / "kwok.kubeconfig")
         self._popen("kwok", [
             str(b / "kwok"), "--kubeconfig", kwok_cfg, "--config", str(stages),

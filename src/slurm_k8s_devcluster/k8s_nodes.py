@@ -115,11 +115,15 @@ def _node_schedulable(node: Any) -> bool:
 
 
 # Opt-in completion/failure stages that replace upstream's "complete every Job pod at
-# once" pod-complete stage in pod_lifecycle="annotated".
-_ANNOTATED_POD_STAGES = r"""apiVersion: kwok.x-k8s.io/v1alpha1
+# once" pod-complete stage in pod_lifecycle="annotated": a pod annotated
+# <stage>.stage.kwok.x-k8s.io/delay ends that long after it runs, Succeeded (exit 0) or
+# Failed (pod-fail.stage.kwok.x-k8s.io/exit-code, default 1).
+def _end_stage(name: str, *, phase: str, reason: str, weight: str, code_template: str,
+               exit_code: str) -> str:
+    return rf"""apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: pod-complete
+  name: {name}
 spec:
   resourceRef:
     apiGroup: v1
@@ -132,89 +136,49 @@ spec:
       operator: 'In'
       values:
       - 'Running'
-    - key: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
+    - key: '.metadata.annotations["{name}.stage.kwok.x-k8s.io/delay"]'
       operator: 'Exists'
-  delay:
+{weight}  delay:
     durationMilliseconds: 0
     durationFrom:
-      expressionFrom: '.metadata.annotations["pod-complete.stage.kwok.x-k8s.io/delay"]'
+      expressionFrom: '.metadata.annotations["{name}.stage.kwok.x-k8s.io/delay"]'
   next:
     statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - lastTransitionTime: {{ $now | Quote }}
+      {{{{ $now := Now }}}}
+{code_template}      conditions:
+      - lastTransitionTime: {{{{ $now | Quote }}}}
         status: "False"
         type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
+      - lastTransitionTime: {{{{ $now | Quote }}}}
         status: "False"
         type: ContainersReady
       containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
         ready: false
         restartCount: 0
         started: false
         state:
           terminated:
-            exitCode: 0
-            finishedAt: {{ $now | Quote }}
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-fail
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Running'
-    - key: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
-      operator: 'Exists'
-  weight: 10
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["pod-fail.stage.kwok.x-k8s.io/delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      {{ $annotations := or .metadata.annotations dict }}
-      {{ $code := or ( index $annotations "pod-fail.stage.kwok.x-k8s.io/exit-code" ) "1" }}
-      conditions:
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "False"
-        type: ContainersReady
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-            exitCode: {{ $code }}
-            finishedAt: {{ $now | Quote }}
-            reason: Error
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Failed
+            exitCode: {exit_code}
+            finishedAt: {{{{ $now | Quote }}}}
+            reason: {reason}
+            startedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: {phase}
 """
+
+
+_ANNOTATED_POD_STAGES = _end_stage(
+    "pod-complete", phase="Succeeded", reason="Completed", weight="", code_template="",
+    exit_code="0",
+) + "---\n" + _end_stage(
+    "pod-fail", phase="Failed", reason="Error", weight="  weight: 10\n",
+    code_template='      {{ $annotations := or .metadata.annotations dict }}\n'
+                  '      {{ $code := or ( index $annotations "pod-fail.stage.kwok.x-k8s.io/exit-code" ) "1" }}\n',
+    exit_code="{{ $code }}",
+)
 
 
 def _split_yaml_docs(text: str) -> list[str]:

@@ -425,22 +425,39 @@ def test_job_runs_in_worker_for_a_user_only_login_and_controller_know(images: Im
 
 # -- the files themselves (no engine needed) ----------------------------------------------
 
-def _build_stage(name: str) -> str:
-    text = (REPO / "containers" / name / "Containerfile").read_text()
-    return text[text.index("# ---- build:"):text.index("# ---- the ")]
+def _stages() -> dict[str, str]:
+    """containers/Containerfile's stages by name: the text from its FROM to the next."""
+    text = (REPO / "containers" / "Containerfile").read_text()
+    stages: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            name = line.split(" AS ")[-1].strip() if " AS " in line else line
+            stages[name] = ""
+        if name is not None:
+            stages[name] += line + "\n"
+    return stages
 
 
-def test_build_stage_is_shared_by_the_three_images() -> None:
-    """Word for word the same, so that an engine builds it once per suite for all three."""
-    worker = _build_stage("worker")
-    assert "FROM localhost/slurm-k8s-bridge-base:${SUITE} AS build" in worker
-    assert _build_stage("controller") == worker
-    assert _build_stage("login") == worker
-
-
-@pytest.mark.parametrize("name", ["worker", "controller", "login"])
-def test_containerfile_takes_the_suite(name: str) -> None:
-    text = (REPO / "containers" / name / "Containerfile").read_text()
+def test_one_build_stage_serves_the_three_images() -> None:
+    """One build and one runtime stage from the suite's base; each image is a target on top."""
+    text = (REPO / "containers" / "Containerfile").read_text()
     first = [line for line in text.splitlines() if line and not line.startswith("#")][0]
     assert first == "ARG SUITE=bookworm", first
+    stages = _stages()
+    assert list(stages) == ["build", "runtime", "worker", "controller", "login"], list(stages)
     assert text.count("FROM localhost/slurm-k8s-bridge-base:${SUITE}") == 2
+    for target in ("worker", "controller", "login"):
+        body = stages[target]
+        assert body.startswith(f"FROM runtime AS {target}\n"), body
+        assert f"COPY containers/{target}/entrypoint.sh" in body, target
+        assert "image-setup plugins" in body, target
+        assert "apt-get" not in body, f"{target}: packages go through image-setup (pinned Slurm)"
+    assert "slurm-k8s-bridge.core" in stages["worker"], "the worker gets the venv without the daemon"
+    assert "COPY --from=build /opt/slurm-k8s-bridge /opt" in stages["controller"]
+
+
+def test_build_images_builds_each_target_of_the_one_containerfile() -> None:
+    script = (REPO / "scripts" / "build-images.sh").read_text()
+    assert '-f containers/Containerfile --target "$name"' in script
+    assert not list((REPO / "containers").glob("*/Containerfile"))

@@ -23,7 +23,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -43,7 +42,7 @@ from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
-from ..kube_env import DaemonProcess, DaemonRbac
+from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
 
 pytestmark = pytest.mark.k8s
 
@@ -108,22 +107,10 @@ class Env:
     def wait(self, check: Callable[[], T], timeout: float, what: str,
              interval: float = 0.25) -> T:
         """Poll ``check`` until truthy (returns it); fail with the daemon's log tail."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            self.daemon_alive()
-            try:
-                last = check()
-            except (AssertionError, ApiException, subprocess.SubprocessError, OSError,
-                    urllib3.exceptions.HTTPError) as exc:
-                last = exc
-            else:
-                if last:
-                    return last
-            if time.monotonic() >= deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n"
-                            f"{self.diagnostics()}")
-            time.sleep(interval)
+        return poll(check, timeout=timeout, what=what, interval=interval,
+                    alive=self.daemon_alive, diagnostics=self.diagnostics,
+                    transient=(AssertionError, ApiException, subprocess.SubprocessError, OSError,
+                               urllib3.exceptions.HTTPError))
 
     def ensure(self, condition: Any, what: str) -> None:
         if not condition:
@@ -246,10 +233,7 @@ def env(bridge: BridgeCluster, kube_cluster: LocalKubeCluster, kube_admin: Any,
 
 @pytest.fixture(autouse=True)
 def _log_tail_on_failure(request: pytest.FixtureRequest, env: Env) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        sys.__stderr__.write(f"\n{env.diagnostics(80)}\n")
+    yield from diagnostics_on_failure(request, env.diagnostics)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from slurm_k8s_bridge.kube.rbac import (
 from slurm_k8s_bridge.daemon.mirror import NATIVE_USAGE_FORBIDDEN
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
-from ..kube_env import DaemonProcess, DaemonRbac
+from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
 
 pytestmark = pytest.mark.k8s
 
@@ -86,22 +85,13 @@ class Env:
         return res.stdout + res.stderr
 
     def wait(self, check: Callable[[], T], timeout: float, what: str) -> T:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            if self.daemon.exited() is not None:
-                pytest.fail(f"the daemon exited rc={self.daemon.exited()}\n{self.diagnostics()}")
-            try:
-                last = check()
-            except (ApiException, subprocess.SubprocessError, OSError) as exc:
-                last = exc
-            else:
-                if last:
-                    return last
-            if time.monotonic() >= deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n"
-                            f"{self.diagnostics()}")
-            time.sleep(0.2)
+        return poll(check, timeout=timeout, what=what, interval=0.2, alive=self.alive,
+                    diagnostics=self.diagnostics,
+                    transient=(ApiException, subprocess.SubprocessError, OSError))
+
+    def alive(self) -> None:
+        if self.daemon.exited() is not None:
+            pytest.fail(f"the daemon exited rc={self.daemon.exited()}\n{self.diagnostics()}")
 
     def create_native_pod(self, name: str, node: str, containers: list[int], init: tuple[int, ...] | list[int] = (),
                           namespace: str = NATIVE_NS, annotations: dict[str, str] | None = None) -> None:
@@ -154,10 +144,7 @@ def env(bridge: BridgeCluster, kube_cluster: LocalKubeCluster, kube_admin: Any, 
 
 @pytest.fixture(autouse=True)
 def _log_tail_on_failure(request: pytest.FixtureRequest, env: Env) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        sys.__stderr__.write(f"\n{env.diagnostics()}\n")
+    yield from diagnostics_on_failure(request, env.diagnostics)
 
 
 # -- tests ------------------------------------------------------------------------------------
