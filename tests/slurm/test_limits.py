@@ -21,12 +21,10 @@ from dataclasses import dataclass
 import pytest
 
 from slurm_k8s_devcluster.slurm import LocalSlurmCluster
-from slurm_k8s_devcluster.slurm import AccountingUnavailable
 from slurm_k8s_bridge.core.limits import Usage, admit_in_order, check_limits
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
-from .bridge_fixtures import make_bridge_cluster
-from .conftest import make_base_dir, remove_base_dir, require_root
+from .bridge_fixtures import started_bridge_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -43,23 +41,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env():
-    require_root()
-    base = make_base_dir("limits")
-    bridge = make_bridge_cluster(base, "limits")
-    cluster = bridge.cluster
-    cluster.enable_accounting()
-    uid, _ = cluster.ensure_user(USER)
-    started = time.monotonic()
-    try:
-        cluster.start()
-    except AccountingUnavailable as exc:
-        remove_base_dir(cluster)
-        reason = f"accounting mode unavailable: {exc}"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    print(f"\ncluster with slurmdbd + MariaDB started in {time.monotonic() - started:.1f}s; "
-          + ", ".join(f"{k} {v:.2f}s" for k, v in cluster.timings.items()))
-    try:
+    with started_bridge_cluster("limits", USER, accounting=True) as (bridge, uid):
+        cluster = bridge.cluster
         # research (GPU budget 16) > team-a > bridgeuser; QOS gpu1: 1 running job per
         # user, 8 GPUs in all; QOS gpu6: only a group GPU limit.
         cluster.sacctmgr("add", "account", "research", "parent=root", "GrpTRES=gres/gpu=16")
@@ -68,9 +51,6 @@ def env():
         cluster.sacctmgr("add", "qos", "gpu6", "GrpTRES=gres/gpu=6")
         cluster.sacctmgr("add", "user", USER, "account=team-a", "qos=normal,gpu1,gpu6")
         yield Env(cluster, SlurmClient(cluster.env(), timeout=15), uid)
-    finally:
-        cluster.stop()
-        remove_base_dir(cluster)
 
 
 def submit(env: Env, *args: str) -> int:

@@ -25,8 +25,7 @@ from slurm_k8s_bridge.slurm.records import (
 from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
 from slurm_k8s_bridge.core.request import is_stamp
 
-from .bridge_fixtures import make_bridge_cluster
-from .conftest import make_base_dir, remove_base_dir, require_root
+from .bridge_fixtures import started_bridge_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -44,17 +43,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env():
-    require_root()
-    base = make_base_dir("client")
-    bridge = make_bridge_cluster(base, "client", extra_conf=["MaxNodeCount=64"])
-    cluster = bridge.cluster
-    cluster.start()
-    uid, _ = cluster.ensure_user(USER)
-    try:
-        yield Env(bridge, cluster, SlurmClient(cluster.env(), timeout=15), uid)
-    finally:
-        cluster.stop()
-        remove_base_dir(cluster)
+    with started_bridge_cluster("client", USER, extra_conf=["MaxNodeCount=64"]) as (bridge, uid):
+        yield Env(bridge, bridge.cluster, SlurmClient(bridge.cluster.env(), timeout=15), uid)
 
 
 GPU_SCRIPT = "#!/bin/bash\n#SBATCH -N1 --gres=gpu:h100:2 --time=5\nhostname\n"
