@@ -65,3 +65,15 @@ def started_bridge_cluster(name: str, user: str, *, accounting: bool = False,
     finally:
         cluster.stop()
         remove_base_dir(cluster)
+
+
+def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
+    """Call ``pred`` until it returns something truthy (returned); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")

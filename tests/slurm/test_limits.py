@@ -15,7 +15,6 @@ started here (the harness's ``AccountingUnavailable`` message says which step fa
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -24,7 +23,7 @@ from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 from slurm_k8s_bridge.core.limits import Usage, admit_in_order, check_limits
 from slurm_k8s_bridge.slurm.client import SlurmClient
 
-from .bridge_fixtures import started_bridge_cluster
+from .bridge_fixtures import started_bridge_cluster, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -60,16 +59,6 @@ def submit(env: Env, *args: str) -> int:
 def squeue_reason(env: Env, job: int) -> str:
     return env.cluster.run(["squeue", "-h", "-j", str(job), "-o", "%r"]).stdout.strip()
 
-
-def wait_for(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 def test_max_jobs_per_user_for_held_bridged_jobs(env):

@@ -25,7 +25,7 @@ from slurm_k8s_bridge.slurm.records import (
 from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
 from slurm_k8s_bridge.core.request import is_stamp
 
-from .bridge_fixtures import started_bridge_cluster
+from .bridge_fixtures import started_bridge_cluster, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -61,16 +61,6 @@ def by_id(env) -> dict[str, SlurmJob]:
 def scancel(env, *jobs) -> None:
     env.cluster.run(["scancel", *[str(j) for j in jobs]], check=True)
 
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 def test_bridged_jobs_lists_stamped_jobs_only(env):
