@@ -23,6 +23,7 @@ from pathlib import Path
 
 from slurm_k8s_devcluster.errors import RealNodeError, RealNodeUnavailable
 from slurm_k8s_devcluster.subnets import LOCK_DIR, any_locked
+from slurm_k8s_devcluster.supervisor import run_command
 
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -42,18 +43,8 @@ _CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
 def _sh(cmd: Sequence[str], *, timeout: float = 60.0, check: bool = True,
         input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
-                             check=False, input=input_text,
-                             stdin=None if input_text is not None else subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise RealNodeError(f"{cmd[0]}: not found") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise RealNodeError(f"{' '.join(cmd)} did not finish within {timeout:.0f}s") from exc
-    if check and res.returncode != 0:
-        raise RealNodeError(f"{' '.join(cmd)} failed (rc={res.returncode}): "
-                            f"{(res.stderr or res.stdout).strip()[-2000:]}")
-    return res
+    return run_command(cmd, error=RealNodeError, timeout=timeout, check=check,
+                       input_text=input_text)
 
 
 def missing_prerequisites() -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time
@@ -43,7 +42,13 @@ from slurm_k8s_devcluster.slurm_packages import (
     ensure_slurm_packages,
 )
 from slurm_k8s_devcluster.subnets import LOCK_DIR, SubnetLock
-from slurm_k8s_devcluster.supervisor import Supervised, Supervisor, kill_recorded, wait_until
+from slurm_k8s_devcluster.supervisor import (
+    Supervised,
+    Supervisor,
+    kill_recorded,
+    run_command,
+    wait_until,
+)
 
 # Moved to slurm_packages.py and supervisor.py; still importable from here.
 from slurm_k8s_devcluster.slurm_packages import (  # noqa: F401
@@ -496,16 +501,9 @@ class LocalSlurmCluster(SlurmConfFiles, SlurmAccounting, Supervised):
             extra = [f"{k}={v}" for k, v in (env or {}).items()]
             cmd = ["runuser", "-u", user, "--", "env", f"SLURM_CONF={self.conf_path}",
                    *extra, *cmd]
-        try:
-            res = subprocess.run(cmd, check=False, capture_output=True, text=True, input=input,
-                                 env=self.env(env), cwd=self._cwd(cwd),
-                                 timeout=timeout or self.command_timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"timed out after {exc.timeout}s: {shlex.join(cmd)}") from exc
-        if check and res.returncode != 0:
-            raise ClusterError(f"{shlex.join(cmd)} failed rc={res.returncode}: "
-                               f"{res.stderr.strip()}")
-        return res
+        return run_command(cmd, error=ClusterError, timeout=timeout or self.command_timeout,
+                           check=check, input_text=input, env=self.env(env),
+                           cwd=self._cwd(cwd))
 
     def _cwd(self, cwd: Path | None) -> str | None:
         if cwd is not None:

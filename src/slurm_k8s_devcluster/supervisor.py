@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -308,3 +309,24 @@ __all__ = [
     "tail_logs",
     "wait_until",
 ]
+
+
+def run_command(cmd: Sequence[str], *, error: type[Exception], timeout: float,
+                check: bool = True, input_text: str | None = None,
+                env: Mapping[str, str] | None = None,
+                cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end, output captured, stdin closed unless ``input_text`` is given.
+    A missing program, a timeout and (with ``check``) a non-zero exit raise ``error`` with
+    the command line and the end of its output."""
+    try:
+        res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                             check=False, input=input_text, env=env, cwd=cwd,
+                             stdin=None if input_text is not None else subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise error(f"{cmd[0]}: not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"timed out after {timeout:.0f}s: {shlex.join(cmd)}") from exc
+    if check and res.returncode != 0:
+        raise error(f"{shlex.join(cmd)} failed (rc={res.returncode}): "
+                    f"{(res.stderr or res.stdout).strip()[-2000:]}")
+    return res
