@@ -543,6 +543,35 @@ def test_j_slurmctld_and_api_server_crash_while_jobs_go_through(env: Env) -> Non
     print(f"\ntest j: {len(jobs)} jobs completed through {', '.join(crashes)}")
 
 
+def test_k_api_server_down_at_submit_time(env: Env) -> None:
+    """With kube-apiserver down, sbatch answers as fast as with it up (the plugin never
+    calls the API); the job waits with a comment naming the API server, creates nothing,
+    and runs once the server is back."""
+    def timed_submit() -> tuple[int, float]:
+        started = time.monotonic()
+        job = env.submit(*GANG1, "-o", "/dev/null", "--wrap", "hostname")
+        return job, time.monotonic() - started
+
+    before, up_s = timed_submit()
+    env.wait(lambda: env.state(before) in FINISHED, 90, f"job {before} with the API server up")
+    outage = threading.Thread(target=env.kube.restart, args=("kube-apiserver",),
+                              kwargs={"down_s": 25.0}, daemon=True)
+    outage.start()
+    time.sleep(1.0)
+    job, down_s = timed_submit()
+    comment = env.wait(lambda: "Kubernetes API server" in (c := env.comment(job)) and c, 20,
+                       f"job {job}'s comment naming the API server")
+    env.ensure("not answering" in comment and env.state(job) == "PENDING",
+               f"job {job}: {env.state(job)}, comment {comment!r}")
+    outage.join(timeout=90)
+    env.ensure(not outage.is_alive(), "kube-apiserver did not come back within 90 s")
+    env.wait(lambda: env.state(job) in FINISHED, 120, f"job {job} after the API server is back")
+    env.ensure(env.state(job) == "COMPLETED", f"job {job} ended {env.state(job)}")
+    env.wait_all_clean([before, job], timeout=60)
+    print(f"\ntest k: sbatch {up_s:.2f}s with the API server up, {down_s:.2f}s with it down; "
+          f"comment while down: {comment!r}")
+
+
 def test_i_metrics(env: Env) -> None:
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics",

@@ -435,3 +435,21 @@ def test_events_memory_is_bounded() -> None:
 def test_not_started_is_not_synced(offline: KubeAccess) -> None:
     assert offline.synced() is False
     assert offline.wait_synced(0.05) is False
+
+
+def test_api_problem_names_the_server_while_requests_get_no_answer(offline: KubeAccess) -> None:
+    offline.api_client.configuration.host = "https://10.0.0.1:6443"
+    assert offline.api_problem() == ""
+    refused = KubeApiError("GET", "/api/v1/nodes", "", None,
+                           "no answer (NewConnectionError: Failed to establish a new "
+                           "connection: [Errno 111] Connection refused)")
+    with pytest.raises(KubeApiError):
+        offline._call("list", "nodes", sender(*[refused] * 4))
+    assert offline.api_problem() == ("Kubernetes API server https://10.0.0.1:6443 not answering: "
+                                     "Connection refused")
+    # a refusal with a status is an answer: the server is there
+    with pytest.raises(KubeApiError):
+        offline._call("create", "jobs", sender(api_error(403)))
+    assert offline.api_problem() == ""
+    offline._call("list", "nodes", sender(refused, _Reply(200, {})))
+    assert offline.api_problem() == ""

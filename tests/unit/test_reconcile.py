@@ -74,6 +74,23 @@ def kinds(p):
     return [type(a).__name__ for a in p.actions]
 
 
+def test_while_the_api_server_does_not_answer_jobs_wait_saying_so_and_get_nothing():
+    down = "Kubernetes API server https://127.0.0.1:6443 not answering (no answer)"
+    running_gang = Gang(key=K2, namespace="slurm-jobs", name="slurm-102", size=1,
+                        pods=(PodInfo(name="p", hostname="slurm-102-0", phase="Running",
+                                      scheduled=True),))
+    world = World(jobs=[job(K1), job(K2, state="RUNNING", held=False, nodes=("slurm-102-0",))],
+                  gangs={K2: running_gang}, slurm_nodes={"slurm-102-0": "ALLOCATED"},
+                  api_problem=down)
+    p = plan(world)
+    assert not [a for a in p.actions if isinstance(a, (CreateGang, DeleteGang, NodesDown))]
+    assert [(a.key, a.text) for a in p.actions if isinstance(a, SetComment)] == [
+        (K1, f"k8s: waiting: {down}")]
+    # once it answers again the waiting job gets its gang
+    again = plan(World(jobs=[job(K1)], gangs={}, slurm_nodes={}))
+    assert [a.key for a in again.actions if isinstance(a, CreateGang)] == [K1]
+
+
 def test_eligible_held_jobs_get_gangs_in_slurm_order_up_to_the_cap():
     jobs = [job(K3), job(K1), job(K2)]
     p = plan(World(jobs=jobs, gangs={}, slurm_nodes={}), max_admitting=2)

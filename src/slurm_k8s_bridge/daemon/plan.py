@@ -114,6 +114,9 @@ class World:
     node_problems: Mapping[str, str] = field(default_factory=dict)
     #: gangs of a pending job replaced because their pods failed before it started
     start_failures: Mapping[GangKey, int] = field(default_factory=dict)
+    #: why the Kubernetes API server cannot be used now ("" while it answers): no gang is
+    #: created meanwhile, and the jobs that wait for one say why
+    api_problem: str = ""
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -382,6 +385,9 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
     for job in sorted(pending_new, key=lambda j: j.order):
         if job.request is None:
             _comment(job, out, job.request_problem or "its partition is no longer bridged")
+            continue
+        if world.api_problem:
+            _comment(job, out, f"waiting: {world.api_problem}")
             continue
         if out.admitting >= max_admitting:
             _comment(job, out, f"queued: {max_admitting} jobs are already being admitted")

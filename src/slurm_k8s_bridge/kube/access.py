@@ -189,6 +189,8 @@ class KubeAccess:
         self._our_name = re.compile(rf"^{re.escape(cluster_name)}-[0-9]")
         self._reflectors: list[_Reflector] = []
         self._served: dict[str, tuple[float, bool]] = {}   # kind -> (checked at, served)
+        #: the last request the API server did not answer at all, while none has since
+        self._unanswered: str | None = None
         self._started = False
         if gpu_pods:
             self.watch_gpu_pods()
@@ -294,6 +296,20 @@ class KubeAccess:
         """The last error of every watch that is failing now (e.g. RBAC), by what it watches."""
         return {r.where: r.last_error for r in self._reflectors if r.last_error}
 
+    def api_problem(self) -> str:
+        """Why the API server cannot be used now, in words for squeue ("" while it answers):
+        a watch that lost its connection, or the last request that got no answer at all
+        (a refusal with an HTTP status is an answer, and not reported here)."""
+        lost = sorted(str(r.last_error) for r in self._reflectors
+                      if not r.optional and r.last_error and r.last_status is None)
+        why = self._unanswered or (lost[0] if lost else "")
+        if not why:
+            return ""
+        host = getattr(getattr(self.api_client, "configuration", None), "host", "") or "?"
+        errno = re.search(r"\[Errno -?\d+\] ([^)\]'\"]+)", why)
+        short = errno.group(1).strip() if errno else why.rsplit(": no answer", 1)[-1].strip(" ()")
+        return f"Kubernetes API server {host} not answering: {short[:120]}"
+
     def wait_for_change(self, timeout: float | None = None) -> bool:
         """Wait until the cache changes; clears ``changed`` before returning, so read the
         snapshots after this returns."""
@@ -395,11 +411,13 @@ class KubeAccess:
             try:
                 reply = send()
             except KubeApiError as exc:
+                self._unanswered = exc.reason if exc.status is None else None
                 if exc.status is not None and exc.status in ok:
                     self.metrics.observe(verb, resource, exc.status, job=job)
                     return _Reply(exc.status, {"message": exc.reason})
                 self.metrics.observe(verb, resource, exc.status, error=True, job=job)
                 raise KubeApiError(verb, resource, what, exc.status, exc.reason, exc.retry_after) from exc
+            self._unanswered = None
             self.metrics.observe(verb, resource, reply.status, job=job)
             return reply
 
