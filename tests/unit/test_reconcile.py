@@ -130,6 +130,9 @@ def test_release_only_when_every_pod_runs_and_every_node_registered():
                       slurm_nodes={"slurm-101-0": "IDLE", "slurm-101-1": "IDLE"}))
     release = [a for a in both.actions if isinstance(a, PinAndRelease)]
     assert release == [PinAndRelease(K1, ("slurm-101-0", "slurm-101-1"))]
+    # set as it starts, kept once it ended (Slurm refuses updates then): no "running"
+    assert [a.text for a in both.actions if isinstance(a, SetComment)] == [
+        "k8s: pods of Kubernetes Job slurm-jobs/slurm-101"]
 
 
 def test_a_pod_failing_before_start_recreates_the_gang():

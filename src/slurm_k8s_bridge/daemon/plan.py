@@ -378,7 +378,9 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
         if ready:
             nodes = tuple(sorted(p.hostname for p in gang.pods if not p.terminating))
             out.add(PinAndRelease(job.key, nodes, start_now=job.restarts > 0))
-            _comment(job, out, f"running on pods of {gang.namespace}/{gang.name}")
+            # Slurm refuses updates to a finished job, so what is set now stays: say
+            # where it runs in words still true once it has ended (not "running")
+            _comment(job, out, f"pods of Kubernetes Job {gang.namespace}/{gang.name}")
         else:
             _comment(job, out, status)
 
