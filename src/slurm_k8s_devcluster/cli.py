@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also start a real kubelet node (containerd, runc, CNI bridge) that "
                     "runs the worker image, so jobs really run (build it first: "
                     "scripts/build-images.sh)")
+    dc.add_argument("--kueue", action="store_true",
+                    help="also run a real Kueue (v0.17, built from the Go module proxy: "
+                    "scripts/build-kueue.sh) and admit partition gpu's jobs through it")
     dc.add_argument("--worker-image", default="localhost/slurm-k8s-bridge-worker:bookworm",
                     help="worker image (in podman's store) for --real-node")
     return dc
@@ -36,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kwok = args.kwok_nodes if args.kwok_nodes is not None else (0 if args.real_node else 4)
     dev = DevCluster(Path(args.dir), kwok_nodes=kwok, real_node=args.real_node,
-                     worker_image=args.worker_image)
+                     worker_image=args.worker_image, kueue=args.kueue)
     if args.action == "up":
         dev.up()
         return 0

@@ -13,6 +13,11 @@ and runs the worker image (``containers/``, built with podman and imported), so 
 jobs really run: each pod runs munged and ``slurmd -Z`` against this slurmctld
 (configless, ``conf_server``), with the cluster's munge key from a Secret and the shared
 directory ``DIR/shared`` (``SLURM_K8S_SHARED_DIR``) mounted at the same path.
+
+With ``kueue`` (``--kueue``) it also runs a real Kueue controller manager
+(``slurm_k8s_devcluster/kueue.py``) with a ClusterQueue ``gpu`` holding every KWOK GPU as
+quota and a LocalQueue ``gpu`` in the job namespaces, and partition ``gpu`` uses
+``gang: kueue``: Kueue admits its jobs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from slurm_k8s_bridge.core.config import job_namespaces, parse_config
 from slurm_k8s_bridge.kube.rbac import required_rbac
 from slurm_k8s_devcluster.bridge import BridgeCluster, load_example_config, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
+from slurm_k8s_devcluster.kueue import LocalKueue, gpu_queues
 from slurm_k8s_devcluster.slurm import LocalSlurmCluster
 from slurm_k8s_devcluster.supervisor import kill_pid, proc_starttime, read_pid_record
 
@@ -65,7 +71,8 @@ def _shape_nodes(config: dict[str, Any]) -> dict[str, Any]:
 class DevCluster:
     def __init__(self, base_dir: Path, kwok_nodes: int = 4,
                  daemon_args: tuple[str, ...] = (), real_node: bool = False,
-                 worker_image: str = WORKER_IMAGE, subnet: int = DEV_SUBNET) -> None:
+                 worker_image: str = WORKER_IMAGE, subnet: int = DEV_SUBNET,
+                 kueue: bool = False) -> None:
         self.base = Path(base_dir).absolute()
         self.kwok_nodes = kwok_nodes
         self.daemon_args = daemon_args
@@ -75,6 +82,9 @@ class DevCluster:
         self.shared_dir = self.base / "shared"
         self._real: Any = None      # the RealNode this process started
         self.config_data = dev_config()
+        self.kueue = kueue
+        if kueue:
+            self.config_data["partitions"]["gpu"].update(gang="kueue", queue="gpu")
         if real_node:
             handle = self._slurm_handle()
             self.config_data.update(
@@ -125,6 +135,7 @@ class DevCluster:
         out = dict(self._slurm_handle().recorded_pids())
         kube = self._kube()
         out.update(kube.recorded_pids())
+        out.update({f"kueue/{k}": v for k, v in LocalKueue(kube).recorded_pids().items()})
         if self.real_node or (kube.base_dir / "nodes" / REAL_NODE).exists():
             out.update({f"{REAL_NODE}/{k}": v for k, v in self._node(kube).recorded_pids().items()})
         out.update(read_pid_record(self.daemon_pid_file))
@@ -180,6 +191,8 @@ class DevCluster:
             self._apply_rbac(kube)
         if self.real_node:
             self._up_real_node(kube)
+        if self.kueue:
+            self._up_kueue(kube)
         if self._all_alive(read_pid_record(self.daemon_pid_file)):
             print("bridge daemon: already running")
         else:
@@ -218,6 +231,23 @@ class DevCluster:
                     if exc.status != 409:
                         raise
                     core.replace_namespaced_secret(MUNGE_SECRET, ns, body)
+
+    def _up_kueue(self, kube: LocalKubeCluster) -> None:
+        """Kueue's manager (before the daemon: it watches Workloads only where served),
+        ClusterQueue gpu with every GPU of the KWOK nodes, LocalQueue gpu per job namespace."""
+        kueue = LocalKueue(kube)
+        if self._all_alive(kueue.recorded_pids()):
+            print("kueue: already running")
+            return
+        kueue.start()
+        gpus = max(1, self.kwok_nodes) * _shape_nodes(self.config_data)["gpus"]
+        objects = []
+        for ns in job_namespaces(parse_config(self.config_data)):
+            for obj in gpu_queues(ns, gpus=gpus):
+                if obj not in objects:
+                    objects.append(obj)
+        kueue.apply_queues(objects)
+        print(f"kueue: started in {kueue.start_seconds:.1f}s (ClusterQueue gpu: {gpus} nvidia.com/gpu)")
 
     def _apply_rbac(self, kube: LocalKubeCluster) -> None:
         config = parse_config(self.config_data)
@@ -297,6 +327,7 @@ class DevCluster:
             self._real = None
         elif (kube.base_dir / "nodes" / REAL_NODE).exists():
             self._node(kube).stop_recorded()
+        LocalKueue(kube).stop_recorded()
         kube.stop_recorded()
         self._slurm_handle().stop_recorded()
         print("dev cluster stopped")

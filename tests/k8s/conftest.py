@@ -22,6 +22,10 @@ Session: ``k8s_bin_dir`` builds or finds the binaries via ``ensure_k8s_binaries(
 (instant when cached, ~7 min cold); when they cannot be built every k8s test is skipped
 with the reason printed. Function scope: ``admin`` (an admin ApiClient per test) and
 ``make_kube_cluster`` (extra, not-yet-started clusters, stopped and removed at teardown).
+Kueue (``kueue``, module scope, asked for by the modules that need it): a real Kueue
+controller manager (``LocalKueue``: CRDs, webhooks, its own cert management) on the
+module's control plane; ``kueue_bin_dir`` (session) builds it via ``ensure_kueue()``
+(instant when cached, ~3 min cold) or skips those tests with the reason printed.
 Set SKB_KEEP_CLUSTER_DIR=1 to keep directories and logs.
 """
 
@@ -35,6 +39,7 @@ import pytest
 
 from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
+from slurm_k8s_devcluster.kueue import KueueUnavailable, LocalKueue, ensure_kueue
 
 from ..kube_env import (
     BRIDGE_USER,
@@ -44,6 +49,7 @@ from ..kube_env import (
     remove_scratch_dir,
     require_root,
     scratch_dir,
+    skip,
 )
 
 __all__ = ["k8s_bin_dir"]  # the session fixture, shared with tests/e2e
@@ -107,6 +113,28 @@ def make_kube_cluster(k8s_bin_dir: Path) -> Iterator[Any]:
     for cluster, base in made:
         cluster.stop()
         remove_scratch_dir(base)
+
+
+# -- Kueue ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def kueue_bin_dir() -> Path:
+    try:
+        return ensure_kueue()
+    except (KueueUnavailable, OSError) as exc:
+        skip(f"Kueue unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def kueue(kube_cluster: LocalKubeCluster, kueue_bin_dir: Path) -> Iterator[LocalKueue]:
+    """Kueue's manager on the module's control plane, its webhooks answering; stopped (and
+    its webhook configurations removed) at the end of the module."""
+    running = LocalKueue(kube_cluster, bin_dir=kueue_bin_dir)
+    try:
+        running.start()
+        print(f"\nLocalKueue.start(): {running.start_seconds:.1f}s")
+        yield running
+    finally:
+        running.stop()
 
 
 # -- the daemon's namespaces, RBAC and ServiceAccount ---------------------------------------

@@ -103,7 +103,7 @@ def test_gang_from_job_and_pods():
     gang = gang_from_k8s(job, [_pod(1, phase="Pending"), _pod(0, phase="Pending")])
     assert gang is not None and gang.key == GangKey(5) and gang.size == 2
     assert [p.hostname for p in gang.pods] == ["slurm-5-0", "slurm-5-1"]
-    assert gang.waiting_admission == "waiting for admission by Kueue (queue gpu-jobs)"
+    assert gang.waiting_admission == "kueue: waiting for admission by Kueue (LocalQueue gpu-jobs)"
     assert gang_from_k8s({"metadata": {"labels": {}}}, []) is None
 
 

@@ -100,7 +100,7 @@ class BridgeDaemon:
                  if self._node_pattern.match(name)}
         gangs: dict[GangKey, Gang] = {}
         for (ns, name), obj in self.kube.jobs().items():
-            gang = gang_from_k8s(obj, self.kube.pods_of(ns, name))
+            gang = gang_from_k8s(obj, self.kube.pods_of(ns, name), self.kube.related(obj))
             if gang is not None:
                 gangs[gang.key] = gang
         self._gangs = gangs
@@ -127,7 +127,8 @@ class BridgeDaemon:
                      start_failures={k: n for k, n in self._start_failures.items()
                                      if k in {job.key for job in jobs}},
                      finished_for={k: now - t for k, t in self._finished_since.items()},
-                     lost_k8s_nodes=lost_nodes(self.kube.nodes()))
+                     lost_k8s_nodes=lost_nodes(self.kube.nodes()),
+                     api_problem=self.kube.api_problem())
 
     def _apply_limits(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]
                       ) -> list[BridgedJob]:

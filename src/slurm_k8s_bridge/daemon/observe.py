@@ -161,7 +161,10 @@ def gang_key_of(obj: Mapping[str, Any]) -> GangKey | None:
     return GangKey(job_id, int(task) if task not in (None, "") else None)
 
 
-def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Gang | None:
+def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
+                  related: gangs.Related = gangs.NOTHING_RELATED) -> Gang | None:
+    """The planner's view of one of the bridge's Jobs; ``related``: what the watch cache
+    holds of the kinds the gang backends read around it (``KubeAccess.related``)."""
     key = gang_key_of(job)
     if key is None:
         return None
@@ -172,7 +175,7 @@ def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> 
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             failed = f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
-    waiting = gangs.waiting_reason(job)
+    waiting = gangs.waiting_reason(job, related)
     # A requeued job's new Job has the old one's name: the old Job's pods, still
     # terminating, are not this gang's (they would read as failed pods of the new gang).
     uid = meta.get("uid")

@@ -137,6 +137,17 @@ BACKEND_KINDS: Mapping[str, tuple[gang.ObjectKind, _Kind]] = {
     k.kind: (k, _Kind(k.kind, k.resource, k.api_version)) for k in gang.extra_kinds()}
 GANG_KINDS: Mapping[str, _Kind] = {"Service": SERVICE, **{n: kv[1] for n, kv in BACKEND_KINDS.items()},
                                    "Job": JOB}
+#: the kinds the gang backends read to say why a Job waits (Kueue's Workload and LocalQueue):
+#: kind -> (the backend's kind, found by the Job controlling it, as the cache names it)
+READ_KINDS: Mapping[str, tuple[gang.ObjectKind, bool, _Kind]] = {
+    k.kind: (k, owned, _Kind(k.kind, k.resource, k.api_version)) for k, owned in gang.read_kinds()}
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in _meta(obj).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("uid"):
+            return str(ref["uid"])
+    return None
 
 
 # -- the watch cache --------------------------------------------------------------------
@@ -184,6 +195,10 @@ class KubeAccess:
         self._nodes = _Store()
         self._events = _EventStore(max_events)
         self._gpu_pods = _GpuPodStore()
+        #: the backends' read kinds, by resource; owned ones indexed by controller uid
+        self._related: dict[str, _Store] = {
+            kind.resource: _Store(index=_controller_uid if owned else None)
+            for _, owned, kind in READ_KINDS.values()}
         self._watching_gpu_pods = False
         self._gpu_pod_reflector: _Reflector | None = None
         self._our_name = re.compile(rf"^{re.escape(cluster_name)}-[0-9]")
@@ -209,6 +224,11 @@ class KubeAccess:
             reflectors.append(_Reflector(self, POD, namespace, self.label_selector))
             reflectors.append(_Reflector(self, EVENT, namespace, None))
         reflectors.append(_Reflector(self, NODE, None, None))
+        for name, (_, _, kind) in READ_KINDS.items():
+            if not self._served_quietly(name):
+                continue   # the backend is not installed: nothing to read
+            reflectors += [_Reflector(self, kind, namespace, None, optional=True)
+                           for namespace in self.namespaces]
         if self._watching_gpu_pods:
             self._gpu_pod_reflector = self._new_gpu_pod_reflector()
             reflectors.append(self._gpu_pod_reflector)
@@ -347,6 +367,25 @@ class KubeAccess:
         with self._lock:
             return {name: obj for (_, name), obj in self._nodes.items.items()}
 
+    def related(self, job: Mapping[str, Any]) -> gang.Related:
+        """What the cache holds, around one of the bridge's Jobs, of the kinds the gang
+        backends read: the objects it controls (Kueue's Workload) and, by name, the others
+        of its namespace (LocalQueues)."""
+        meta = _meta(job)
+        namespace, uid = str(meta.get("namespace") or ""), str(meta.get("uid") or "")
+        owned: dict[str, list[dict[str, Any]]] = {}
+        named: dict[tuple[str, str], dict[str, Any]] = {}
+        with self._lock:
+            for name, (_, by_owner, kind) in READ_KINDS.items():
+                store = self._related[kind.resource]
+                if by_owner:
+                    group = store.index.get((namespace, uid), {}) if uid else {}
+                    owned[name] = [group[n] for n in sorted(group)]
+                else:
+                    named.update({(name, n): obj for (ns, n), obj in store.items.items()
+                                  if ns == namespace})
+        return gang.Related(owned=owned, named=named)
+
     def gpu_pods(self) -> list[GpuPod] | None:
         """Every pod (of any namespace) that holds GPUs on a node, the bridge's own
         included (``GpuPod.bridge``). None when not known: not watched, not listed yet, or
@@ -378,8 +417,9 @@ class KubeAccess:
                 and bool(self._our_name.match(str(involved.get("name") or ""))))
 
     def _store(self, kind: _Kind, store: str | None = None) -> Any:
-        return {"jobs": self._jobs, "pods": self._pods, "nodes": self._nodes, "events": self._events,
-                "gpu_pods": self._gpu_pods}[store or kind.resource]
+        stores = {"jobs": self._jobs, "pods": self._pods, "nodes": self._nodes, "events": self._events,
+                  "gpu_pods": self._gpu_pods}
+        return stores.get(store or kind.resource) or self._related[store or kind.resource]
 
     def _replace(self, kind: _Kind, namespace: str | None, objects: list[Any],
                  store: str | None = None) -> None:
@@ -607,12 +647,13 @@ class KubeAccess:
     # -- discovery --
 
     def kind_served(self, kind: str, max_age: float = 60.0) -> bool:
-        """Whether the API server serves a gang backend's kind (``BACKEND_KINDS``), cached."""
+        """Whether the API server serves a gang backend's kind (``BACKEND_KINDS`` or
+        ``READ_KINDS``), cached."""
         now = time.monotonic()
         cached = self._served.get(kind)
         if cached is not None and now - cached[0] < max_age:
             return cached[1]
-        backend_kind = BACKEND_KINDS[kind][0]
+        backend_kind = BACKEND_KINDS[kind][0] if kind in BACKEND_KINDS else READ_KINDS[kind][0]
         reply = self._call("get", "discovery",
                            lambda: self._request("GET", f"/apis/{backend_kind.api_version}"),
                            ok=(404,), what=backend_kind.api_version)
@@ -620,6 +661,14 @@ class KubeAccess:
                                              for r in reply.body.get("resources") or ())
         self._served[kind] = (now, served)
         return served
+
+    def _served_quietly(self, kind: str) -> bool:
+        """``kind_served``, False when discovery itself fails (the watch is optional)."""
+        try:
+            return self.kind_served(kind)
+        except KubeAccessError as exc:
+            log.warning("cannot tell whether %s is served (%s); not watching it", kind, exc)
+            return False
 
 
 def _gang_key(namespace: str, labels: Mapping[str, Any], cluster: str) -> str | None:

@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from slurm_k8s_bridge.core.gang.base import GangBackend, ObjectKind
+from slurm_k8s_bridge.core.gang.base import (
+    NOTHING_RELATED,
+    GangBackend,
+    ObjectKind,
+    Related,
+)
 from slurm_k8s_bridge.core.gang.builtin import BuiltinGang
 from slurm_k8s_bridge.core.gang.kueue import KueueGang
 from slurm_k8s_bridge.core.gang.volcano import VolcanoGang
@@ -27,16 +32,16 @@ def backend(name: str) -> GangBackend:
         raise ValueError(f"unknown gang backend {name!r} (known: {', '.join(BACKENDS)})") from None
 
 
-def waiting_reason(job: Mapping[str, Any]) -> str:
+def waiting_reason(job: Mapping[str, Any], related: Related = NOTHING_RELATED) -> str:
     """Why a gang's Job is not admitted yet ("" once admitted), asking the backends (the
     default one last): the Job itself says which backend holds it (Kueue's queue label,
-    ...)."""
+    ...); ``related``: what the daemon saw of the kinds the backends read."""
     others = [b for name, b in BACKENDS.items() if name != DEFAULT]
     for b in others:
-        why = b.waiting(job)
+        why = b.waiting(job, related)
         if why:
             return why
-    return BACKENDS[DEFAULT].waiting(job)
+    return BACKENDS[DEFAULT].waiting(job, related)
 
 
 def extra_kinds() -> tuple[ObjectKind, ...]:
@@ -44,4 +49,12 @@ def extra_kinds() -> tuple[ObjectKind, ...]:
     return tuple(kind for b in BACKENDS.values() for kind in b.kinds)
 
 
-__all__ = ["BACKENDS", "DEFAULT", "GangBackend", "ObjectKind", "backend", "extra_kinds", "waiting_reason"]
+def read_kinds() -> tuple[tuple[ObjectKind, bool], ...]:
+    """The kinds some backend reads, each with True when it is found by the Job that
+    controls it (``reads_owned``), False when by name (``reads_named``)."""
+    return tuple([(k, True) for b in BACKENDS.values() for k in b.reads_owned]
+                 + [(k, False) for b in BACKENDS.values() for k in b.reads_named])
+
+
+__all__ = ["BACKENDS", "DEFAULT", "NOTHING_RELATED", "GangBackend", "ObjectKind", "Related", "backend",
+           "extra_kinds", "read_kinds", "waiting_reason"]

@@ -11,7 +11,12 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from slurm_k8s_bridge.core.gang.base import GangBackend, ObjectKind
+from slurm_k8s_bridge.core.gang.base import (
+    NOTHING_RELATED,
+    GangBackend,
+    ObjectKind,
+    Related,
+)
 
 if TYPE_CHECKING:
     from slurm_k8s_bridge.core.request import BridgeRequest
@@ -46,7 +51,7 @@ class VolcanoGang(GangBackend):
         return [{"apiVersion": POD_GROUP.api_version, "kind": POD_GROUP.kind,
                  "metadata": copy.deepcopy(dict(metadata)), "spec": spec}]
 
-    def waiting(self, job: Mapping[str, Any]) -> str:
+    def waiting(self, job: Mapping[str, Any], related: Related = NOTHING_RELATED) -> str:
         return ""
 
     def rbac_rules(self) -> list[dict[str, Any]]:
