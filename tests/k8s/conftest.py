@@ -40,6 +40,7 @@ import pytest
 from slurm_k8s_devcluster.bridge import BridgeCluster, make_bridge_cluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 from slurm_k8s_devcluster.kueue import KueueUnavailable, LocalKueue, ensure_kueue
+from slurm_k8s_devcluster.podsim import PodStandIns
 
 from ..kube_env import (
     BRIDGE_USER,
@@ -57,6 +58,8 @@ __all__ = ["k8s_bin_dir"]  # the session fixture, shared with tests/e2e
 GPU_NODES = 3
 #: the job namespace of the example configuration (slurm_plugins/k8s-bridge.example.yaml)
 JOBS_NS = "slurm-jobs"
+#: the bridge configuration's cluster_name (the prefix of its objects' names)
+CLUSTER_NAME = "slurm"
 SLURM_ROOT_REASON = "real Slurm needs root (network namespaces, munged)"
 
 
@@ -201,3 +204,14 @@ def bridge_daemon(bridge: BridgeCluster, sa_kubeconfig: Path,
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def standins(bridge: BridgeCluster, kube_admin: Any) -> Iterator[PodStandIns]:
+    """A real dynamic slurmd for every bridge pod Running on a KWOK node. Ask for it before
+    ``bridge_daemon``: the stand-ins then run before the daemon starts and stop after it."""
+    running = PodStandIns(kube_admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -213,16 +213,6 @@ def daemon_args(metrics_port: int) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def standins(bridge: BridgeCluster, kube_admin: Any) -> Iterator[PodStandIns]:
-    """A real dynamic slurmd for every bridge pod Running on a KWOK node."""
-    running = PodStandIns(kube_admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def env(bridge: BridgeCluster, kube_cluster: LocalKubeCluster, kube_admin: Any,
         metrics_port: int, standins: PodStandIns, bridge_daemon: DaemonProcess) -> Env:
     # standins before bridge_daemon: the stand-ins run before the daemon starts, and stop after it

@@ -209,15 +209,6 @@ def daemon_rbac(bridge: BridgeCluster, queues: LocalKueue) -> DaemonRbac:
 
 
 @pytest.fixture(scope="module")
-def standins(bridge: BridgeCluster, kube_admin: Any) -> Iterator[PodStandIns]:
-    running = PodStandIns(kube_admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def env(bridge: BridgeCluster, kube_admin: Any, queues: LocalKueue, standins: PodStandIns,
         bridge_daemon: DaemonProcess) -> Env:
     return Env(bridge=bridge, admin=kube_admin, daemon=bridge_daemon, kueue=queues,
