@@ -7,6 +7,8 @@
     slurm-k8s-bridge dev-cluster up|status|down [--dir DIR] [--kwok-nodes N] [--real-node]
     slurm-k8s-bridge slurm-conf [--config FILE] [--nodes-per-shape N]
     slurm-k8s-bridge config check [FILE]
+    slurm-k8s-bridge rbac [--config FILE]            (the daemon's RBAC for it, as YAML)
+    slurm-k8s-bridge doctor [--config FILE] [--slurm-conf FILE] [--kubeconfig PATH] [--json]
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from slurm_k8s_bridge.core.config import job_namespaces
     from slurm_k8s_bridge.daemon.daemon import BridgeDaemon
+    from slurm_k8s_bridge.daemon.leader import elector_for, settings_from_args
     from slurm_k8s_bridge.daemon.metrics import serve_metrics, setup_logging
     from slurm_k8s_bridge.kube.access import KubeAccess
     from slurm_k8s_bridge.slurm.client import SlurmClient
@@ -168,20 +171,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         kube_config.load_incluster_config()
         from kubernetes import client as kube_client
         api = kube_client.ApiClient()
+    try:
+        leader = elector_for(settings_from_args(args, config.leader_election), api)
+    except ValueError as exc:
+        print(f"slurm-k8s-bridge: error: {exc}", file=sys.stderr)
+        return 2
     namespaces = job_namespaces(config)
     kube = KubeAccess(api, cluster_name=config.cluster_name, namespaces=namespaces,
                       qps=args.qps, burst=args.burst).start()
     daemon = BridgeDaemon(config, SlurmClient(), kube, max_admitting=args.max_admitting,
-                          poll_interval=args.poll_interval)
+                          poll_interval=args.poll_interval, leader=leader)
     if args.metrics_port:
         serve_metrics(args.metrics_port, [daemon.metrics.render, kube.metrics.render_prometheus],
                       host=args.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if leader is not None:
+        leader.start(stop)
     try:
         daemon.run(stop)
     finally:
+        if leader is not None:
+            leader.release()
         kube.stop()
     return 0
 
@@ -198,11 +210,30 @@ def cmd_dev_cluster(argv: Sequence[str]) -> int:
     return 2  # not reached
 
 
+def cmd_rbac(args: argparse.Namespace) -> int:
+    from slurm_k8s_bridge.kube.rbac import render_rbac_for_config
+
+    path = _config_path(args.config)
+    sys.stdout.write(render_rbac_for_config(_load_config_or_exit(path), args.as_source or path))
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = _config_path(args.file)
     config = _load_config_or_exit(path)
     print(f"{path}: OK ({len(config.shapes)} node shapes)")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from slurm_k8s_bridge.doctor.run import DoctorOptions, run_doctor
+
+    report = run_doctor(DoctorOptions(
+        config=args.config, slurm_conf=args.slurm_conf, kubeconfig=args.kubeconfig,
+        munge_socket=args.munge_socket, slurm=not args.no_slurm, kube=not args.no_kube,
+        timeout=args.timeout))
+    sys.stdout.write(report.as_json() if args.json else report.as_text())
+    return report.exit_code()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve Prometheus metrics on this port (0: off)")
     run.add_argument("--metrics-host", default="127.0.0.1")
     run.add_argument("--log-level", default="info")
+    from slurm_k8s_bridge.daemon.leader import add_arguments as add_leader_arguments
+    add_leader_arguments(run)
     run.set_defaults(func=cmd_run)
 
     # handled before parsing (main): the harness parses its own arguments
@@ -267,11 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inventory nodes per shape: the largest -N a job may ask (default 16)")
     sc.set_defaults(func=cmd_slurm_conf)
 
+    rb = sub.add_parser("rbac", help="print the daemon's least-privilege RBAC for a configuration")
+    rb.add_argument("--config", help=f"bridge configuration (default {DEFAULT_CONFIG})")
+    rb.add_argument("--as-source", help="the configuration's name in the header")
+    rb.set_defaults(func=cmd_rbac)
+
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a configuration file")
     check.add_argument("file", nargs="?")
     check.set_defaults(func=cmd_config_check)
+
+    doc = sub.add_parser("doctor", help="check this host's and the cluster's setup; say what is "
+                         "wrong and how to fix it (exit 1 on any failure)")
+    doc.add_argument("--config", help=f"bridge configuration (default ${contract.CONFIG_ENV}, "
+                     f"else {DEFAULT_CONFIG})")
+    doc.add_argument("--slurm-conf", help="slurm.conf (default $SLURM_CONF, else /etc/slurm/slurm.conf;"
+                     " absent: the slurm.conf checks are skipped)")
+    doc.add_argument("--kubeconfig", help="the daemon's kubeconfig (default: in-cluster "
+                     "ServiceAccount, else $KUBECONFIG; none: the Kubernetes checks are skipped)")
+    doc.add_argument("--munge-socket", help="munged's socket (default: AuthInfo=socket= of "
+                     "slurm.conf, else /run/munge/munge.socket.2)")
+    doc.add_argument("--no-slurm", action="store_true", help="skip the Slurm and munge checks")
+    doc.add_argument("--no-kube", action="store_true", help="skip the Kubernetes checks")
+    doc.add_argument("--timeout", type=float, default=15.0,
+                     help="seconds one command or API request may take (default 15)")
+    doc.add_argument("--json", action="store_true", help="findings as JSON, for tools")
+    doc.set_defaults(func=cmd_doctor)
     return parser
 
 

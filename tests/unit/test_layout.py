@@ -20,7 +20,8 @@ MAY_IMPORT = {
     "slurm": {"core", "slurm"},
     "kube": {"core", "kube"},
     "daemon": {"core", "slurm", "kube", "daemon"},
-    "cli": {"core", "slurm", "kube", "daemon", "cli"},
+    "doctor": {"core", "slurm", "kube", "doctor"},
+    "cli": {"core", "slurm", "kube", "daemon", "doctor", "cli"},
 }
 
 

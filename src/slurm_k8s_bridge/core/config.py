@@ -113,6 +113,27 @@ class AccountRule:
 
 
 @dataclass(frozen=True)
+class LeaderElection:
+    """``leader_election``: several daemon replicas, one acting (``daemon.leader``)."""
+
+    enabled: bool = False
+    lease_name: str = "slurm-k8s-bridge"
+    namespace: str = "slurm-k8s-bridge"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    identity: str | None = None   # None: hostname_pid
+
+    def problem(self) -> tuple[str, str] | None:
+        """(key, what is wrong) when the timings cannot keep two leaders apart."""
+        if not self.renew_deadline < self.lease_duration:
+            return "renew_deadline_seconds", "must be less than lease_duration_seconds"
+        if not self.retry_period * 1.2 < self.renew_deadline:
+            return "retry_period_seconds", "must be less than renew_deadline_seconds / 1.2"
+        return None
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     """The whole validated configuration."""
 
@@ -134,6 +155,7 @@ class BridgeConfig:
     #: show on each mirrored node the GPUs Kubernetes-native pods hold there (the daemon
     #: then watches pods in every namespace: deploy/rbac-native-gpu-usage.yaml)
     native_gpu_usage: bool = False
+    leader_election: LeaderElection = field(default_factory=LeaderElection)
     shapes: Mapping[str, NodeShape] = field(default_factory=dict)
     node_features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     partitions: Mapping[str, PartitionRule] = field(default_factory=dict)
@@ -219,6 +241,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> BridgeCo
         allowed_priority_classes=top.get_optional("allowed_priority_classes", _dns_subdomain_list),
         task_env=top.get("task_env", _env_map, {}),
         native_gpu_usage=top.get("native_gpu_usage", _bool, False),
+        leader_election=_parse_leader_election(top.optional_child("leader_election")),
         shapes=shapes,
         node_features=node_features,
         partitions=partitions,
@@ -228,6 +251,30 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> BridgeCo
     )
     top.refuse_unknown()
     return config
+
+
+def _parse_leader_election(s: _Section | None) -> LeaderElection:
+    if s is None:
+        return LeaderElection()
+    d = LeaderElection()
+    le = LeaderElection(
+        enabled=s.get("enabled", _bool, d.enabled),
+        lease_name=s.get("lease_name", _dns_subdomain, d.lease_name),
+        namespace=s.get("namespace", _dns_label, d.namespace),
+        lease_duration=s.get("lease_duration_seconds", _positive_number, d.lease_duration),
+        renew_deadline=s.get("renew_deadline_seconds", _positive_number, d.renew_deadline),
+        retry_period=s.get("retry_period_seconds", _positive_number, d.retry_period),
+        identity=s.get_optional("identity", _string))
+    s.refuse_unknown()
+    if (problem := le.problem()) is not None:
+        raise ConfigError(s.key(problem[0]), problem[1], s.source)
+    return le
+
+
+def _positive_number(value: Any, key: str, source: str | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(key, "must be a positive number of seconds", source)
+    return float(value)
 
 
 def _parse_shapes(section: _Section, source: str | None) -> dict[str, NodeShape]:

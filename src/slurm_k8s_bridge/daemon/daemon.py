@@ -50,6 +50,7 @@ from slurm_k8s_bridge.daemon.mirror import (
 from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
 from slurm_k8s_bridge.slurm.records import SlurmJob, SlurmNode
 from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.daemon.leader import LeaderElector
 from slurm_k8s_bridge.daemon.metrics import DaemonMetrics
 from slurm_k8s_bridge.daemon.observe import (
     _slurm_time,
@@ -76,15 +77,17 @@ LOG = logging.getLogger("slurm_k8s_bridge.daemon")
 # -- the daemon ---------------------------------------------------------------------------
 class BridgeDaemon:
     def __init__(self, config: BridgeConfig, slurm: SlurmClient, kube: Any, *,
-                 max_admitting: int = 8, poll_interval: float = 2.0) -> None:
+                 max_admitting: int = 8, poll_interval: float = 2.0,
+                 leader: LeaderElector | None = None) -> None:
         self.config = config
+        self.leader = leader   # None: the only replica, always acting
         self.slurm = slurm
         self.kube = kube
         self.max_admitting = max_admitting
         self._finished_since: dict[GangKey, float] = {}   # monotonic time first seen ended
         self._start_failures: dict[GangKey, int] = {}     # gangs failed before the job ran
         self.poll_interval = poll_interval
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(leader_election=leader is not None)
         self._records: dict[GangKey, SlurmJob] = {}
         self._gangs: dict[GangKey, Gang] = {}
         self._slurm_nodes: dict[str, SlurmNode] = {}
@@ -269,8 +272,14 @@ class BridgeDaemon:
                         extra={"error": str(exc)})
             return []
         actions = plan(world, self.config, self.max_admitting).actions
+        if not self._acting():
+            return []
         self.mirror_inventory()
         for action in actions:
+            if not self._acting():   # deposed mid-round: the new leader decides afresh
+                LOG.warning("leadership lost mid-round; actions left undone",
+                            extra={"left": len(actions) - actions.index(action)})
+                break
             try:
                 self.execute(action)
             except Exception as exc:
@@ -285,11 +294,27 @@ class BridgeDaemon:
             raise RuntimeError(f"Kubernetes watch cache not synced within {sync_timeout}s: "
                                f"{self.kube.sync_errors()}")
         LOG.info("started", extra={"cluster": self.config.cluster_name,
-                                   "max_admitting": self.max_admitting})
+                                   "max_admitting": self.max_admitting,
+                                   "identity": self.leader.identity if self.leader else None})
+        term = 0
         while not stop.is_set():
+            if self.leader is not None:
+                if not self._acting():
+                    self.leader.wait_for_term(min(self.poll_interval, 1.0))
+                    continue
+                if self.leader.term != term:   # a new term starts from scratch, as at start
+                    term = self.leader.term
+                    self._finished_since, self._start_failures = {}, {}
+                    with self.metrics.lock:
+                        self.metrics.leader_transitions += 1
             self.reconcile_once()
             self.kube.wait_for_change(self.poll_interval)
         LOG.info("stopped")
+
+    def _acting(self) -> bool:
+        acting = self.leader is None or self.leader.acting()
+        self.metrics.is_leader = acting
+        return acting
 
 
 def _detail(action: Action) -> str:

@@ -52,6 +52,10 @@ class DaemonMetrics:
     slurm_errors: int = 0
     actions: dict[str, int] = field(default_factory=dict)
     jobs_by_phase: dict[str, int] = field(default_factory=dict)
+    #: leader election on: is_leader (acting now) and the terms this replica has led
+    leader_election: bool = False
+    is_leader: bool = False
+    leader_transitions: int = 0
     buckets: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     bucket_counts: list[int] = field(default_factory=lambda: [0] * 9)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -86,6 +90,12 @@ class DaemonMetrics:
                       f"# HELP {p}_actions_total Actions taken, by kind.",
                       f"# TYPE {p}_actions_total counter"]
             lines += [f'{p}_actions_total{{action="{k}"}} {v}' for k, v in sorted(self.actions.items())]
+            if self.leader_election:
+                lines += [f"# HELP {p}_leader 1 while this replica is the acting leader.",
+                          f"# TYPE {p}_leader gauge", f"{p}_leader {int(self.is_leader)}",
+                          f"# HELP {p}_leader_transitions_total Terms this replica led.",
+                          f"# TYPE {p}_leader_transitions_total counter",
+                          f"{p}_leader_transitions_total {self.leader_transitions}"]
         return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from slurm_k8s_bridge.core import gang
+from slurm_k8s_bridge.core.config import BridgeConfig, job_namespaces
 
 
 #: the daemon's ServiceAccount and the namespace it runs in (deploy/rbac.yaml)
@@ -26,6 +27,10 @@ RBAC_LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "slurm-k8s-bridge",
 
 
 NODES_CLUSTER_ROLE = "slurm-k8s-bridge-nodes"
+
+
+#: the Role that lets replicas elect their leader (``leader_election.enabled`` only)
+LEADER_ELECTION_ROLE = "slurm-k8s-bridge-leader-election"
 
 
 #: read-only access to the pods of every namespace (``native_gpu_usage: true`` only)
@@ -67,13 +72,43 @@ def native_gpu_usage_rbac(*, daemon_namespace: str = DAEMON_NAMESPACE,
     }]
 
 
+def leader_election_rbac(*, lease_namespace: str = DAEMON_NAMESPACE,
+                         lease_name: str = "slurm-k8s-bridge",
+                         daemon_namespace: str = DAEMON_NAMESPACE,
+                         service_account: str = SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """What ``leader_election.enabled`` adds (``daemon.leader``): create Leases in the
+    lease namespace (create cannot name its object), get and update only the one Lease."""
+    labels = dict(RBAC_LABELS)
+    return [{
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": LEADER_ELECTION_ROLE, "namespace": lease_namespace,
+                     "labels": dict(labels)},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["create"]},
+                  {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "resourceNames": [lease_name], "verbs": ["get", "update"]}],
+    }, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": LEADER_ELECTION_ROLE, "namespace": lease_namespace,
+                     "labels": dict(labels)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": LEADER_ELECTION_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                      "namespace": daemon_namespace}],
+    }]
+
+
 def required_rbac(namespaces: Sequence[str], *, daemon_namespace: str = DAEMON_NAMESPACE,
                   service_account: str = SERVICE_ACCOUNT, volcano: bool = True,
-                  native_gpu_usage: bool = False) -> list[dict[str, Any]]:
+                  native_gpu_usage: bool = False, leader_election: bool = False,
+                  lease_namespace: str | None = None,
+                  lease_name: str = "slurm-k8s-bridge") -> list[dict[str, Any]]:
     """The RBAC objects of the daemon's least privilege: its ServiceAccount (in
     ``daemon_namespace``), a Role + RoleBinding in each job namespace, and a ClusterRole +
     ClusterRoleBinding for reading Nodes. ``volcano``: may create PodGroups.
-    ``native_gpu_usage`` (the configuration key): also ``native_gpu_usage_rbac``."""
+    ``native_gpu_usage`` (the configuration key): also ``native_gpu_usage_rbac``;
+    ``leader_election``: also ``leader_election_rbac`` for Lease ``lease_name`` in
+    ``lease_namespace`` (default: the daemon's namespace)."""
     if not namespaces:
         raise ValueError("at least one job namespace is needed")
     if len(set(namespaces)) != len(namespaces):
@@ -110,6 +145,10 @@ def required_rbac(namespaces: Sequence[str], *, daemon_namespace: str = DAEMON_N
     if native_gpu_usage:
         objects += native_gpu_usage_rbac(daemon_namespace=daemon_namespace,
                                          service_account=service_account)
+    if leader_election:
+        objects += leader_election_rbac(lease_namespace=lease_namespace or daemon_namespace,
+                                        lease_name=lease_name, daemon_namespace=daemon_namespace,
+                                        service_account=service_account)
     return objects
 
 
@@ -143,3 +182,24 @@ def render_native_gpu_usage_rbac_yaml(**kwargs: Any) -> str:
     """``native_gpu_usage_rbac`` as deploy/rbac-native-gpu-usage.yaml."""
     body = yaml.safe_dump_all(native_gpu_usage_rbac(**kwargs), sort_keys=False, explicit_start=True)
     return NATIVE_GPU_USAGE_RBAC_YAML_HEADER + body
+
+
+def rbac_for_config(config: BridgeConfig, *, daemon_namespace: str = DAEMON_NAMESPACE,
+                    service_account: str = SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """Exactly the RBAC a daemon with ``config`` needs: its job namespaces, and the pod
+    reader and Lease rights only when ``native_gpu_usage`` / ``leader_election`` are on."""
+    le = config.leader_election
+    return required_rbac(job_namespaces(config), daemon_namespace=daemon_namespace,
+                         service_account=service_account,
+                         native_gpu_usage=config.native_gpu_usage,
+                         leader_election=le.enabled, lease_namespace=le.namespace,
+                         lease_name=le.lease_name)
+
+
+def render_rbac_for_config(config: BridgeConfig, source: str) -> str:
+    """``rbac_for_config`` as YAML (``slurm-k8s-bridge rbac``; deploy/base/rbac.yaml)."""
+    header = (f"# RBAC of the slurm-k8s-bridge daemon for {source}, generated by\n"
+              f"#   slurm-k8s-bridge rbac --config {source}\n"
+              "# (slurm_k8s_bridge.kube.rbac.rbac_for_config); a unit test checks they agree.\n")
+    return header + yaml.safe_dump_all(rbac_for_config(config), sort_keys=False,
+                                       explicit_start=True)
