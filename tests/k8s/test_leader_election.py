@@ -436,16 +436,6 @@ def _daemon_args(name: str, port: int) -> list[str]:
             "--leader-elect-renew-deadline", str(rd), "--leader-elect-retry-period", str(rp)]
 
 
-@pytest.fixture(scope="module")
-def standins(bridge: Any, kube_admin: Any) -> Iterator[Any]:
-    from slurm_k8s_devcluster.podsim import PodStandIns
-    running = PodStandIns(kube_admin, bridge.cluster, JOBS_NS, CLUSTER_NAME).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 @pytest.fixture
 def make_pair(bridge: Any, kube_cluster: LocalKubeCluster, kube_admin: Any, lease_rbac: Path,
               standins: Any, fresh_lease: str, tmp_path: Path) -> Iterator[Any]:
