@@ -73,3 +73,23 @@ def test_a_wheel_carries_the_bridge_and_not_its_harness(tmp_path: Path) -> None:
     assert "slurm_k8s_bridge/core/contract.py" in names
     assert "slurm_k8s_bridge/csrc/spank_k8s.c" in names
     assert not [n for n in names if n.endswith("k8sb_contract.h")]
+
+
+def test_the_plugins_venv_needs_only_cffi_and_pyyaml() -> None:
+    """The worker image's venv has cffi and PyYAML only: the CLI's parser (``plugins
+    install`` runs in the image build) and the plugins' Python halves must import there."""
+    guard = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('urllib3', 'kubernetes', 'tenacity'):\n"
+        "        raise ImportError('the plugins venv has no ' + name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "from slurm_k8s_bridge import cli\n"
+        "cli.build_parser()\n"
+        "import slurm_k8s_bridge.slurm.spank, slurm_k8s_bridge.slurm.job_submit\n"
+    )
+    res = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slurm_k8s_bridge.kube.errors import KubeApiError
-from slurm_k8s_bridge.kube.transport import _Http
 
 API = "/apis/coordination.k8s.io/v1"
 
@@ -69,6 +68,9 @@ class LeaseClient:
 
     def __init__(self, api_client: Any, namespace: str, name: str, *,
                  timeout: tuple[float, float] = (2.0, 5.0)) -> None:
+        # imported here: the plugins' venv (cffi, PyYAML only) imports this module with the
+        # CLI's argument parser, and the transport needs urllib3
+        from slurm_k8s_bridge.kube.transport import _Http
         self._http = _Http(api_client)
         self.namespace, self.name, self.timeout = namespace, name, timeout
         self._collection = f"{API}/namespaces/{namespace}/leases"
