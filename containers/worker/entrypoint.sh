@@ -158,8 +158,16 @@ pod_gres_lines() {  # prints the pod-gres.conf content (may be empty)
 	echo "Name=gpu${type:+ Type=$type} File=$files"
 }
 
+# Kubernetes makes emptyDir volumes world-writable without the sticky bit (0777): munged
+# refuses a socket under such a /run, and a /tmp that tasks share needs the sticky bit.
+writable_dir_modes() {
+	[ "$(stat -c %a /run)" != 777 ] || chmod 0755 /run
+	[ "$(stat -c %a /tmp)" != 777 ] || chmod 1777 /tmp
+}
+
 # --- main ----------------------------------------------------------------------------------
 key=$(munge_key_path)
+[ "$dry_run" = 1 ] || writable_dir_modes
 if [ "${#command[@]}" -gt 0 ]; then
 	[ "$dry_run" = 1 ] && { printf '%q ' "${command[@]}"; echo; exit 0; }
 	start_munged "$key"
@@ -186,7 +194,16 @@ fi
 start_munged "$key"
 mkdir -p /var/spool/slurmd /run/slurm /var/log/slurm "$(dirname "$POD_GRES_CONF")"
 printf '%s\n' "${gres_lines:-# no GPU device files in this pod}" >"$POD_GRES_CONF"
-# nss_slurm asks the node's slurmstepd for the job owner (LaunchParameters=enable_nss_slurm)
-printf 'NodeName=%s\nSlurmdSpoolDir=%s\n' "$node" "${SLURMD_SPOOL_DIR:-/var/spool/slurmd}" >/etc/nss_slurm.conf
+# nss_slurm asks the node's slurmstepd for the job owner (LaunchParameters=enable_nss_slurm).
+# Its defaults (the short hostname, /var/spool/slurmd) are the pod's: /etc/nss_slurm.conf is
+# written only when they differ, so that the root filesystem can stay read-only (docs/security.md)
+spool=${SLURMD_SPOOL_DIR:-/var/spool/slurmd}
+host=$(uname -n)
+if [ "$node" != "${host%%.*}" ] || [ "$spool" != /var/spool/slurmd ]; then
+	printf 'NodeName=%s\nSlurmdSpoolDir=%s\n' "$node" "$spool" 2>/dev/null >/etc/nss_slurm.conf \
+		|| k8sb_die "cannot write /etc/nss_slurm.conf (node $node, spool $spool differ from" \
+			"nss_slurm's defaults) on a read-only root filesystem: keep the pod's hostname as" \
+			"the node name and /var/spool/slurmd as SlurmdSpoolDir"
+fi
 k8sb_log "node $node: ${cmd[*]}"
 exec "${cmd[@]}"

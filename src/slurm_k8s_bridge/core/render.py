@@ -11,10 +11,8 @@ from typing import Any
 from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.core.gang import backend
-from slurm_k8s_bridge.core.request import BridgeRequest
 from slurm_k8s_bridge.core.normalize import normalize
-from slurm_k8s_bridge.core.request import SlurmJobRequest
-
+from slurm_k8s_bridge.core.request import BridgeRequest, SlurmJobRequest
 
 MAX_HOSTNAME = contract.HOSTNAME_MAX
 
@@ -25,15 +23,50 @@ TMP_VOLUME = "tmp"
 MUNGE_KEY_DIR = "/etc/slurm-k8s-bridge/munge"
 
 
-#: Capabilities slurmd/slurmstepd need to run tasks as the job's owner; everything else is dropped.
+#: The only capabilities the worker keeps (everything else is dropped, and the bounding set
+#: is this list): what root needs to launch the job's tasks as their owner, exactly as on a
+#: compute node. Each is documented in docs/security.md; none is beyond the Pod Security
+#: "baseline" set, and none lets the pod reach the host (no SYS_ADMIN, NET_ADMIN, NET_RAW,
+#: SYS_PTRACE, MKNOD, SYS_RESOURCE).
 WORKER_CAPABILITIES: tuple[str, ...] = (
-    "SETUID",        # slurmstepd becomes the job owner (setuid) before exec'ing each task
-    "SETGID",        # ... and takes the owner's primary and supplementary groups (setgid/setgroups)
-    "CHOWN",         # hands the job's spool files, output files and /dev/shm entries to the owner
-    "DAC_OVERRIDE",  # opens the owner's working directory and output paths while still root
-    "FOWNER",        # chmod/utime on files it does not own (spool, step sockets, X11/PMIx dirs)
+    "SETUID",        # slurmstepd setuid()s to the job owner before exec'ing each task;
+                     # the entrypoint starts munged as the munge user (setpriv)
+    "SETGID",        # ... and takes the owner's primary and supplementary groups (setgid/initgroups)
+    "CHOWN",         # hands the job's spool directory (job script, environment) to the owner;
+                     # the munge key and munged's directories to the munge user
+    "DAC_OVERRIDE",  # root writes where it is not the owner: the key into munge's 0700 /etc/munge,
+                     # the removal of the owner's 0700 spool directory at job end, the owner's
+                     # working directory and output paths opened while still root
+    "FOWNER",        # chmod of what root does not own: /run/munge and the key after their chown
     "KILL",          # signals tasks that run under the owner's uid (scancel, time limit, srun -K)
 )
+
+#: Paths the worker writes at run time, each an emptyDir of the pod (name, path, who writes).
+#: With them the root filesystem is read-only (``read_only_root``). A site whose slurm.conf
+#: (served to slurmd in configless mode) names other SlurmdSpoolDir/SlurmdLogFile/SlurmdPidFile
+#: paths must mount them too (``shared_mounts``).
+WRITABLE_PATHS: tuple[tuple[str, str, str], ...] = (
+    (TMP_VOLUME, "/tmp", "slurmstepd and the PMIx server: per-job directories and UNIX sockets"),
+    ("run", "/run", "munged's socket and pid file, slurmd's pid file, GPU placeholder devices"),
+    ("slurmd-spool", "/var/spool/slurmd", "slurmd: conf-cache, job scripts, step sockets (nss_slurm)"),
+    ("slurm-log", "/var/log/slurm", "slurmd and slurmstepd log files, where slurm.conf names them"),
+    ("munge-lib", "/var/lib/munge", "munged's PRNG seed file"),
+    ("munge-log", "/var/log/munge", "munged's log file"),
+)
+
+#: Writable only when the munge key comes from a Secret (``munge_key_secret``): without one the
+#: key is the image's own, under these paths, and the entrypoint re-owns it in place -- then the
+#: root filesystem stays writable (the one exception; docs/security.md).
+KEY_WRITABLE_PATHS: tuple[tuple[str, str, str], ...] = (
+    ("munge-etc", "/etc/munge", "the munge key, copied from the Secret with owner munge, mode 0400"),
+    # the Secret is mounted below it, at MUNGE_KEY_DIR
+    ("bridge-etc", "/etc/slurm-k8s-bridge", "pod-gres.conf: the pod's GPUs, included by gres.conf"),
+)
+
+
+def read_only_root(config: BridgeConfig) -> bool:
+    """Whether the worker's root filesystem is read-only: when the munge key comes from a Secret."""
+    return config.munge_key_secret is not None
 
 
 def object_name(config: BridgeConfig, job_id: int, array_task_id: int | None = None) -> str:
@@ -206,9 +239,10 @@ def _affinity(breq: BridgeRequest, selector: Mapping[str, str]) -> dict[str, Any
 
 
 def _volumes(config: BridgeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    # slurmd, slurmstepd and PMIx keep sockets and spool files in /tmp: each pod its own
-    volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    # every path the worker writes is the pod's own emptyDir (never a shared host path)
+    writable = WRITABLE_PATHS + (KEY_WRITABLE_PATHS if read_only_root(config) else ())
+    volumes: list[dict[str, Any]] = [{"name": name, "emptyDir": {}} for name, _, _ in writable]
+    mounts: list[dict[str, Any]] = [{"name": name, "mountPath": path} for name, path, _ in writable]
     for index, shared in enumerate(config.shared_mounts):
         volume = f"shared-{index}"
         volumes.append({"name": volume, "hostPath": {"path": shared.host_path, "type": "Directory"}})
@@ -233,9 +267,17 @@ def _container(breq: BridgeRequest, config: BridgeConfig, job_id: int, array_tas
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": {
             "privileged": False,
+            # no_new_privs only stops an execve() from *gaining* privileges (setuid bits, file
+            # capabilities). Root here already holds WORKER_CAPABILITIES, so exec'ing slurmd and
+            # slurmstepd gains nothing, and slurmstepd's setuid() to the owner is a syscall that
+            # CAP_SETUID allows, not an exec. The tasks run with no capabilities and cannot
+            # regain any (a setuid sudo or ping in the image stays unprivileged).
             "allowPrivilegeEscalation": False,
+            # root: slurmd must become each job's owner. With the capabilities, this is where
+            # the pod departs from the "restricted" Pod Security Standard (docs/security.md)
             "runAsUser": 0,
             "capabilities": {"drop": ["ALL"], "add": list(WORKER_CAPABILITIES)},
+            "readOnlyRootFilesystem": read_only_root(config),
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": mounts,
