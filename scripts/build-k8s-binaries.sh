@@ -21,21 +21,12 @@ K8S_VERSION="${K8S_VERSION:-v1.34.10}"
 ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 
-# ---- build knobs ------------------------------------------------------------
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-BUILD_JOBS="${K8S_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"  # go build -p
-BUILD_NICE="${K8S_BUILD_NICE:-19}"
-
-CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/slurm-k8s-bridge/k8s"
-# -r2: kubectl joined the set (a cache built without it is rebuilt, not reused)
-OUT_DIR="${CACHE_ROOT}/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-r2"
-BIN_DIR="${OUT_DIR}/bin"
-STAMP="${OUT_DIR}/.complete"
-
 log() { echo "[build-k8s-binaries] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# -r2: kubectl joined the set (a cache built without it is rebuilt, not reused)
+build_cache "${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-r2"   # scripts/lib.sh
 
 cache_or_lock          # scripts/lib.sh: exits here when this version set is built
 parse_k8s_version      # scripts/lib.sh: K8S_MINOR, K8S_PATCH, STAGING_VERSION

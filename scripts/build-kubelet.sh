@@ -56,14 +56,7 @@ esac
 
 # ---- pinned version (override via env; must match the control plane) ---------------------
 K8S_VERSION="${K8S_VERSION:-v1.34.10}"
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-BUILD_JOBS="${K8S_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
-BUILD_NICE="${K8S_BUILD_NICE:-19}"
-
-CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/slurm-k8s-bridge/k8s"
-OUT_DIR="${CACHE_ROOT}/kubelet-${K8S_VERSION}-r1"
-BIN_DIR="${OUT_DIR}/bin"
-STAMP="${OUT_DIR}/.complete"
+build_cache "kubelet-${K8S_VERSION}-r1"   # scripts/lib.sh: GO, OUT_DIR, BIN_DIR, STAMP
 
 cache_or_lock "${BIN_DIR}/kubelet"   # scripts/lib.sh: exits here when built
 parse_k8s_version   # scripts/lib.sh: K8S_MINOR, K8S_PATCH, STAGING_VERSION

@@ -21,19 +21,11 @@ set -euo pipefail
 
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-BUILD_JOBS="${K8S_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"  # go build -p
-BUILD_NICE="${K8S_BUILD_NICE:-19}"
-
-CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/slurm-k8s-bridge/k8s"
-OUT_DIR="${CACHE_ROOT}/kueue-${KUEUE_VERSION}"
-BIN_DIR="${OUT_DIR}/bin"
-STAMP="${OUT_DIR}/.complete"
-
 log() { echo "[build-kueue] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+build_cache "kueue-${KUEUE_VERSION}"   # scripts/lib.sh: GO, OUT_DIR, BIN_DIR, STAMP
 
 [[ "${KUEUE_VERSION}" =~ ^v0\.[0-9]+\.[0-9]+$ ]] \
 	|| die "KUEUE_VERSION must look like v0.MINOR.PATCH, got ${KUEUE_VERSION}"

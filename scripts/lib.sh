@@ -34,6 +34,19 @@ parse_k8s_version() {
 	STAGING_VERSION="v0.${K8S_MINOR}.${K8S_PATCH}"
 }
 
+# build_cache NAME: the Go build knobs (GO, BUILD_JOBS = go build -p, BUILD_NICE; env
+# K8S_BUILD_JOBS, K8S_BUILD_NICE) and the cache of one build: OUT_DIR = CACHE_ROOT/NAME
+# (CACHE_ROOT under the user's cache folder), its BIN_DIR and its STAMP.
+build_cache() {
+	GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+	BUILD_JOBS="${K8S_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+	BUILD_NICE="${K8S_BUILD_NICE:-19}"
+	CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/slurm-k8s-bridge/k8s"
+	OUT_DIR="${CACHE_ROOT}/$1"
+	BIN_DIR="${OUT_DIR}/bin"
+	STAMP="${OUT_DIR}/.complete"
+}
+
 # cache_or_lock [FILE]: the build cached in OUT_DIR (complete when STAMP, and FILE if given,
 # exist) prints BIN_DIR and exits the script; otherwise takes OUT_DIR's lock (fd 9, held until
 # the script ends), so concurrent builds of one version wait for each other, and looks again.

@@ -66,13 +66,20 @@ def remove_scratch_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def built_or_skip(what: str, ensure: Callable[[], Path],
+                  errors: tuple[type[BaseException], ...]) -> Path:
+    """``ensure()``'s folder of binaries (built once, then cached by version), or a skip
+    that prints why ``what`` is unavailable."""
+    try:
+        return ensure()
+    except (*errors, OSError) as exc:
+        skip(f"{what} unavailable: {exc}")
+
+
 def find_k8s_binaries() -> Path:
     """The control plane's binaries (built once, ~7 min cold, then cached), or a skip."""
     from slurm_k8s_devcluster.k8s import KubeClusterError, ensure_k8s_binaries
-    try:
-        return ensure_k8s_binaries()
-    except (KubeClusterError, OSError) as exc:
-        skip(f"Kubernetes binaries unavailable: {exc}")
+    return built_or_skip("Kubernetes binaries", ensure_k8s_binaries, (KubeClusterError,))
 
 
 @pytest.fixture(scope="session")

@@ -46,11 +46,11 @@ from ..kube_env import (
     BRIDGE_USER,
     DaemonProcess,
     DaemonRbac,
+    built_or_skip,
     k8s_bin_dir,
     remove_scratch_dir,
     require_root,
     scratch_dir,
-    skip,
 )
 
 __all__ = ["k8s_bin_dir"]  # the session fixture, shared with tests/e2e
@@ -121,10 +121,7 @@ def make_kube_cluster(k8s_bin_dir: Path) -> Iterator[Any]:
 # -- Kueue ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def kueue_bin_dir() -> Path:
-    try:
-        return ensure_kueue()
-    except (KueueUnavailable, OSError) as exc:
-        skip(f"Kueue unavailable: {exc}")
+    return built_or_skip("Kueue", ensure_kueue, (KueueUnavailable,))
 
 
 @pytest.fixture(scope="module")
