@@ -60,6 +60,10 @@ GPU_NODES = 3
 JOBS_NS = "slurm-jobs"
 #: the bridge configuration's cluster_name (the prefix of its objects' names)
 CLUSTER_NAME = "slurm"
+#: a KWOK node like an 8-GPU H100 server (``LocalKubeCluster.add_kwok_nodes(**H100)``)
+H100 = {"gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3", "cpus": 224, "memory": "2000Gi"}
+#: the label selector of every object the bridge of CLUSTER_NAME made
+SELECTOR = f"app.kubernetes.io/managed-by=slurm-k8s-bridge,slurm-k8s-bridge.io/cluster={CLUSTER_NAME}"
 SLURM_ROOT_REASON = "real Slurm needs root (network namespaces, munged)"
 
 

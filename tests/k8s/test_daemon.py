@@ -36,22 +36,19 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from slurm_k8s_bridge.slurm.client import SlurmClient
 from slurm_k8s_devcluster.bridge import BridgeCluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
-from slurm_k8s_bridge.slurm.client import SlurmClient
 
 from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
+from .conftest import CLUSTER_NAME, H100, JOBS_NS, SELECTOR
 
 pytestmark = pytest.mark.k8s
 
-JOBS_NS = "slurm-jobs"
 USER = "bridgeuser"
-CLUSTER_NAME = "slurm"
 KWOK_NODES = 4
-H100 = {"gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3", "cpus": 224, "memory": "2000Gi"}
-SELECTOR = "app.kubernetes.io/managed-by=slurm-k8s-bridge,slurm-k8s-bridge.io/cluster=slurm"
 GANG2 = ["-N2", "--gres=gpu:h100:8", "-c1", "--mem=100"]
 GANG1 = ["-N1", "--gres=gpu:h100:8", "-c1", "--mem=100"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",

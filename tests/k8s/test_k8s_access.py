@@ -29,22 +29,26 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from slurm_k8s_bridge.core.config import BridgeConfig, parse_config
-from slurm_k8s_devcluster.k8s import LocalKubeCluster
-from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT
-from slurm_k8s_bridge.kube.cache import POD
-from slurm_k8s_bridge.kube.errors import GangBackendMissing, KubeApiError, ObjectOwnedElsewhere
-from slurm_k8s_bridge.kube.access import KubeAccess
-from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_bridge.core.normalize import normalize
 from slurm_k8s_bridge.core.render import render
+from slurm_k8s_bridge.kube.access import KubeAccess
+from slurm_k8s_bridge.kube.cache import POD
+from slurm_k8s_bridge.kube.errors import (
+    GangBackendMissing,
+    KubeApiError,
+    ObjectOwnedElsewhere,
+)
+from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT
+from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
+from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
 from ..kube_env import DaemonRbac
+from .conftest import JOBS_NS
 
 pytestmark = pytest.mark.k8s
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
-JOBS_NS = "slurm-jobs"
 OTHER_NS = "not-for-slurm"
 LABEL = "slurm-k8s-bridge.io/"
 T = TypeVar("T")

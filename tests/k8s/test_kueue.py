@@ -41,16 +41,13 @@ from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
 
 from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
+from .conftest import CLUSTER_NAME, H100, JOBS_NS
 
 pytestmark = pytest.mark.k8s
 
-JOBS_NS = "slurm-jobs"
 NATIVE_NS = "infer"
 USER = "bridgeuser"
-CLUSTER_NAME = "slurm"
 QUOTA = 16
-H100 = {"gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3", "cpus": 224, "memory": "2000Gi"}
-SELECTOR = "app.kubernetes.io/managed-by=slurm-k8s-bridge,slurm-k8s-bridge.io/cluster=slurm"
 KWOK_COMPLETE = "pod-complete.stage.kwok.x-k8s.io/delay"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",

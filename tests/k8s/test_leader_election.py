@@ -37,6 +37,8 @@ from slurm_k8s_bridge.kube.lease import LeaseClient
 from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, leader_election_rbac
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
+from .conftest import H100, JOBS_NS, SELECTOR
+
 pytestmark = pytest.mark.k8s
 
 LEASE_NAME = "slurm-k8s-bridge"
@@ -48,7 +50,6 @@ SETTINGS = LeaderElection(enabled=True, lease_name=LEASE_NAME, namespace=DAEMON_
 #: next try (one jittered retry period) and takes over at its first try D after that
 TAKEOVER_BOUND = D + 2 * (1 + JITTER) * RP + 1.0
 KWOK_NODES = 4
-H100 = {"gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3", "cpus": 224, "memory": "2000Gi"}
 
 
 @pytest.fixture(scope="module")
@@ -334,10 +335,7 @@ def test_the_service_account_may_touch_only_its_lease(lease_rbac: Path,
 
 
 # -- (b) two real daemon processes, one real slurmctld ------------------------------------------
-JOBS_NS = "slurm-jobs"
-CLUSTER_NAME = "slurm"
 USER = "bridgeuser"
-SELECTOR = "app.kubernetes.io/managed-by=slurm-k8s-bridge,slurm-k8s-bridge.io/cluster=slurm"
 GANG = ["-N1", "--gres=gpu:h100:4", "-c1", "--mem=100"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}

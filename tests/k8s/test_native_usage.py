@@ -28,24 +28,24 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from slurm_k8s_devcluster.bridge import BridgeCluster
-from slurm_k8s_devcluster.k8s import LocalKubeCluster
-from slurm_k8s_devcluster.slurm import _tail
+from slurm_k8s_bridge.daemon.mirror import NATIVE_USAGE_FORBIDDEN
 from slurm_k8s_bridge.kube.rbac import (
     POD_READER_CLUSTER_ROLE,
     native_gpu_usage_rbac,
 )
-from slurm_k8s_bridge.daemon.mirror import NATIVE_USAGE_FORBIDDEN
 from slurm_k8s_bridge.slurm.client import SlurmClient
+from slurm_k8s_devcluster.bridge import BridgeCluster
+from slurm_k8s_devcluster.k8s import LocalKubeCluster
+from slurm_k8s_devcluster.slurm import _tail
 
 from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
+from .conftest import H100
 
 pytestmark = pytest.mark.k8s
 
 NATIVE_NS = "infer"
 OTHER_NS = "etl"
 USER = "bridgeuser"
-H100 = {"gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3", "cpus": 224, "memory": "2000Gi"}
 SINFO_FORMAT = "NodeList:20 ,StateLong:8 ,Gres:24 ,Comment:0"
 KWOK_COMPLETE = "pod-complete.stage.kwok.x-k8s.io/delay"
 T = TypeVar("T")
