@@ -558,13 +558,14 @@ def _label_value(value: Any, key: str, source: str | None) -> str:
 
 
 def _label_map(value: Any, key: str, source: str | None) -> dict[str, str]:
+    return {_label_key(k, f"{key}.{k}", source): _label_value(v, f"{key}.{k}", source)
+            for k, v in _mapping(value, key, source, "a mapping of label keys to values").items()}
+
+
+def _mapping(value: Any, key: str, source: str | None, what: str) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(key, "must be a mapping of label keys to values", source)
-    out: dict[str, str] = {}
-    for k, v in value.items():
-        item = f"{key}.{k}"
-        out[_label_key(k, item, source)] = _label_value(v, item, source)
-    return out
+        raise ConfigError(key, f"must be {what}", source)
+    return value
 
 
 def _name_map(check: Callable[[Any, str, str | None], str]) -> Callable[[Any, str, str | None], dict[str, str]]:
@@ -637,10 +638,8 @@ def _shape_names(shapes: Mapping[str, NodeShape]) -> Callable[[Any, str, str | N
 
 
 def _mig_map(value: Any, key: str, source: str | None) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, "must map MIG profiles to instances per GPU", source)
     out: dict[str, int] = {}
-    for profile, count in value.items():
+    for profile, count in _mapping(value, key, source, "a map of MIG profiles to instances per GPU").items():
         item = f"{key}.{profile}"
         if not isinstance(profile, str) or not _MIG_PROFILE.match(profile):
             raise ConfigError(item, "is not a MIG profile name like 1g.10gb", source)

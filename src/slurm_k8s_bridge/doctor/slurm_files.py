@@ -87,13 +87,18 @@ def parse_slurm_conf(path: str | Path) -> SlurmConf:
     return conf
 
 
-def _conf_lines(path: Path, seen: list[Path], depth: int) -> Iterable[str]:
+def _read_included(path: Path, depth: int, keyword: str) -> str:
+    """A configuration file's text, ``depth`` includes down (refused past the limit)."""
     if depth > MAX_INCLUDE_DEPTH:
-        raise SlurmFileError(f"{path}: Include nested more than {MAX_INCLUDE_DEPTH} deep")
+        raise SlurmFileError(f"{path}: {keyword} nested more than {MAX_INCLUDE_DEPTH} deep")
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        return path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise SlurmFileError(f"{path}: cannot be read: {exc.strerror}") from None
+
+
+def _conf_lines(path: Path, seen: list[Path], depth: int) -> Iterable[str]:
+    text = _read_included(path, depth, "Include")
     seen.append(path)
     for line in _logical_lines(text):
         words = line.split(None, 1)
@@ -286,12 +291,7 @@ def parse_plugstack(path: str | Path) -> list[PlugstackEntry]:
 
 
 def _plugstack_into(path: Path, entries: list[PlugstackEntry], depth: int) -> None:
-    if depth > MAX_INCLUDE_DEPTH:
-        raise SlurmFileError(f"{path}: include nested more than {MAX_INCLUDE_DEPTH} deep")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise SlurmFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    text = _read_included(path, depth, "include")
     for line in _logical_lines(text):
         words = line.split()
         if words[0].lower() == "include" and len(words) >= 2:
