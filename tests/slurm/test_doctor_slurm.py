@@ -65,6 +65,13 @@ def failed(findings: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
+def doctor_fails(bridge: BridgeCluster, **kwargs: Path | None) -> list[dict[str, str]]:
+    """Run the doctor on a broken setup: it must exit 1; its findings."""
+    rc, findings, text = doctor(bridge, **kwargs)
+    assert rc == 1, text
+    return findings
+
+
 def assert_names(findings: list[dict[str, str]], check: str, pattern: str) -> None:
     fails = failed(findings)
     assert check in fails, f"{check} did not fail; failures: {fails}"
@@ -111,8 +118,7 @@ def test_the_healthy_slurmctld_host_passes(bridge: BridgeCluster) -> None:
 
 def test_missing_job_submit_plugin(bridge: BridgeCluster, tmp_path: Path) -> None:
     conf = conf_copy(bridge, tmp_path, set_option("JobSubmitPlugins", None))
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "slurm.job_submit", r"does not load the bridge's job_submit plugin")
 
 
@@ -120,15 +126,13 @@ def test_plugstack_without_the_spank_line(bridge: BridgeCluster, tmp_path: Path)
     plugstack = tmp_path / "plugstack.conf"
     plugstack.write_text("# the site's other SPANK plugins only\n")
     conf = conf_copy(bridge, tmp_path, set_option("PlugStackConfig", str(plugstack)))
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "slurm.plugstack", r"does not load spank_k8s\.so")
 
 
 def test_private_data_without_cloud(bridge: BridgeCluster, tmp_path: Path) -> None:
     conf = conf_copy(bridge, tmp_path, set_option("PrivateData", "jobs"))
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "slurm.private_data", r"lacks 'cloud'")
 
 
@@ -138,16 +142,14 @@ def test_partition_without_the_pods_nodeset_and_an_inventory_shape(bridge: Bridg
         text = re.sub(r"^(PartitionName=gpu Nodes=\S*?),?k8spods", r"\1", text, flags=re.MULTILINE)
         return re.sub(r"^NodeName=\S*-inv-h100-.*$", "", text, flags=re.MULTILINE)
     conf = conf_copy(bridge, tmp_path, edit)
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "slurm.partition.gpu", r"does not list NodeSet k8spods")
     assert_names(findings, "slurm.partition.gpu", r"can hold a whole h100 node")
 
 
 def test_cloud_nodes_without_power_saving(bridge: BridgeCluster, tmp_path: Path) -> None:
     conf = conf_copy(bridge, tmp_path, set_option("ResumeProgram", None))
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "slurm.power_save", r"no ResumeProgram")
 
 
@@ -171,8 +173,7 @@ def test_plugins_built_for_another_slurm_release(bridge: BridgeCluster, tmp_path
     except PluginBuildError as exc:
         pytest.fail(f"the plugins do not build against {headers[0]}: {exc}")
     conf = _with_plugin_dir(bridge, tmp_path, plugin_dir)
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "plugin.job_submit_k8s.so", r"built for Slurm 24\.11\.\d+, but Slurm 22\.05")
     assert_names(findings, "plugin.spank_k8s.so", r"built for Slurm 24\.11")
 
@@ -187,8 +188,7 @@ def test_plugin_with_another_contract(bridge: BridgeCluster, tmp_path: Path) -> 
     assert len(ours) == len(other) and data.count(ours) == 1
     so.write_bytes(data.replace(ours, other))
     conf = _with_plugin_dir(bridge, tmp_path, plugin_dir)
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "plugin.job_submit_k8s.so", r"another contract.*K8SB_IMAGE_MAX")
     # the untouched SPANK plugin still agrees
     assert "plugin.spank_k8s.so" not in failed(findings)
@@ -199,16 +199,14 @@ def test_a_stub_in_place_of_the_plugin(bridge: BridgeCluster, tmp_path: Path) ->
     shutil.copytree(bridge.plugin_dir, plugin_dir)
     (plugin_dir / "job_submit_k8s.so").write_text("not a shared object\n")
     conf = _with_plugin_dir(bridge, tmp_path, plugin_dir)
-    rc, findings, _ = doctor(bridge, slurm_conf=conf)
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=conf)
     assert_names(findings, "plugin.job_submit_k8s.so", r"not an ELF file")
 
 
 def test_bad_yaml(bridge: BridgeCluster, tmp_path: Path) -> None:
     config = tmp_path / "k8s-bridge.yaml"
     config.write_text("cluster_name: slurm\nshapes: [h100\n")
-    rc, findings, _ = doctor(bridge, config=config)
-    assert rc == 1
+    findings = doctor_fails(bridge, config=config)
     assert_names(findings, "config", r"is not valid YAML")
 
 
@@ -216,14 +214,12 @@ def test_a_bad_value_is_named_by_its_key(bridge: BridgeCluster, tmp_path: Path) 
     text = bridge.config_path.read_text()
     config = tmp_path / "k8s-bridge.yaml"
     config.write_text(re.sub(r"(?m)^(\s+gpus:) 8\b", r"\1 -8", text, count=1))
-    rc, findings, _ = doctor(bridge, config=config)
-    assert rc == 1
+    findings = doctor_fails(bridge, config=config)
     assert_names(findings, "config", r"shapes\.\w+\.gpus")
 
 
 def test_an_absent_slurm_conf_named_explicitly_fails(bridge: BridgeCluster, tmp_path: Path) -> None:
-    rc, findings, _ = doctor(bridge, slurm_conf=tmp_path / "nowhere.conf")
-    assert rc == 1
+    findings = doctor_fails(bridge, slurm_conf=tmp_path / "nowhere.conf")
     assert_names(findings, "slurm.conf", r"does not exist")
 
 
@@ -236,8 +232,7 @@ def test_munge_down(bridge: BridgeCluster) -> None:
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
     assert not _alive(pid), f"munged {pid} did not stop"
-    rc, findings, _ = doctor(bridge)
-    assert rc == 1
+    findings = doctor_fails(bridge)
     assert_names(findings, "munge", r"munge cannot get a credential from munged at "
                  + re.escape(str(bridge.cluster.munge_socket)))
 
