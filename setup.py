@@ -51,7 +51,7 @@ setup(
         "setuptools; python_version >= '3.12'",
     ],
     extras_require={
-        "test": ["pytest>=7", "docker>=7", "wheel"],
+        "test": ["pytest>=7", "docker>=7", "wheel", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["slurm-k8s-bridge=slurm_k8s_bridge.cli:main"]},
     cmdclass={"build_py": BuildWithCSources},

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape, PartitionRule
-from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal
+from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal, shown
 from slurm_k8s_bridge.core.request import LabelRequirement, NodeSelectorTerm
 
 
@@ -57,7 +57,7 @@ def parse_constraint(text: str) -> ConstraintExpr:
 
 
 def _bad_constraint(text: str) -> BridgeRefusal:
-    return refusal(f"--constraint={text} is not a valid feature expression", "ESLURM_INVALID_FEATURE")
+    return refusal(f"--constraint={shown(text)} is not a valid feature expression", "ESLURM_INVALID_FEATURE")
 
 
 class _ConstraintParser:
@@ -90,7 +90,7 @@ class _ConstraintParser:
             else:
                 result = list(dict.fromkeys(a | b for a in result for b in right))
             if len(result) > MAX_CONSTRAINT_TERMS:
-                raise refusal(f"--constraint={self.text} has more than {MAX_CONSTRAINT_TERMS} alternatives",
+                raise refusal(f"--constraint={shown(self.text)} has more than {MAX_CONSTRAINT_TERMS} alternatives",
                                "ESLURM_INVALID_FEATURE")
         return result
 
@@ -111,7 +111,7 @@ class _ConstraintParser:
         if token in "&,|)]*":
             raise _bad_constraint(self.text)
         if self.peek() == "*":
-            raise refusal(f"--constraint={self.text}: feature counts ({token}*N) are not supported by "
+            raise refusal(f"--constraint={shown(self.text)}: feature counts ({shown(token)}*N) are not supported by "
                            "slurm-k8s-bridge", "ESLURM_NOT_SUPPORTED")
         return [frozenset([token])]
 
@@ -127,11 +127,11 @@ def _constraint_terms(features: str | None, config: BridgeConfig,
     known = {f for s in partition_shapes for f in s.features} | set(config.node_features)
     for alternative in expr.alternatives:
         for name in sorted(alternative - known):
-            raise refusal(f"--constraint={features} names feature {name}, which no node of partition "
-                           f"{rule.name} has (features: {', '.join(sorted(known))})", "ESLURM_INVALID_FEATURE")
+            raise refusal(f"--constraint={shown(features)} names feature {shown(name)}, which no node of partition "
+                           f"{shown(rule.name)} has (features: {', '.join(sorted(known))})", "ESLURM_INVALID_FEATURE")
     if expr.matching & set(config.node_features):
         names = ", ".join(sorted(expr.matching & set(config.node_features)))
-        raise refusal(f"--constraint={features}: [a|b] over node features ({names}) is not supported by "
+        raise refusal(f"--constraint={shown(features)}: [a|b] over node features ({names}) is not supported by "
                        "slurm-k8s-bridge; use it over GPU shape features", "ESLURM_NOT_SUPPORTED")
     terms = []
     for alternative in expr.alternatives:
@@ -139,7 +139,7 @@ def _constraint_terms(features: str | None, config: BridgeConfig,
         if term is not None:
             terms.append(term)
     if not terms:
-        raise refusal(f"--constraint={features} matches no GPU node shape in partition {rule.name}",
+        raise refusal(f"--constraint={shown(features)} matches no GPU node shape in partition {shown(rule.name)}",
                        "ESLURM_INVALID_FEATURE")
     return tuple(terms), bool(expr.matching)
 

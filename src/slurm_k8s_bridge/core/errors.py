@@ -33,9 +33,15 @@ def refusal(message: str, code: str) -> BridgeRefusal:
     return BridgeRefusal(re.sub(r"[\x00-\x1f\x7f]", "?", message), code)
 
 
+#: longest piece of the user's own text a message repeats
+SHOWN_MAX = 80
+
+
 def shown(text: str | None) -> str:
-    """A value as the user typed it, or nothing."""
-    return text if text is not None else ""
+    """A value as the user typed it, or nothing: on one line, and cut after ``SHOWN_MAX``
+    characters, so that a message that repeats it stays one readable line."""
+    text = re.sub(r"[\x00-\x1f\x7f]", "?", text if text is not None else "")
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX] + "..."
 
 
 class SbatchRefusal(BridgeRefusal):

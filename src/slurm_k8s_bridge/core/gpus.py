@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from slurm_k8s_bridge.core.config import NodeShape, PartitionRule
-from slurm_k8s_bridge.core.errors import refusal
+from slurm_k8s_bridge.core.errors import refusal, shown
 from slurm_k8s_bridge.core.request import SlurmJobRequest
 
 
@@ -18,6 +18,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+
+
+#: Slurm keeps TRES counts in 64 bits (the top values mean "not set" / "no limit")
+TRES_COUNT_LIMIT = 2**63
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def parse_tres(text: str | None, option: str) -> list[TresItem]:
 
 
 def _tres_item(raw: str, option: str) -> TresItem:
-    bad = refusal(f"{option}: cannot read {raw!r}", "ESLURM_INVALID_GRES")
+    bad = refusal(f"{option}: cannot read {shown(raw)!r}", "ESLURM_INVALID_GRES")
     kind = "gres"
     body = raw
     for prefix in ("gres:", "gres/"):
@@ -95,7 +99,8 @@ def _tres_count(text: str) -> int | None:
     if not match:
         return None
     scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2).lower()]
-    return int(match.group(1)) * scale
+    count = int(match.group(1)) * scale
+    return count if count < TRES_COUNT_LIMIT else None
 
 
 def _gpu_ask(req: SlurmJobRequest) -> GpuAsk:
@@ -137,7 +142,7 @@ def _gpu_items(text: str | None, option: str, allow_cpu: bool) -> list[TresItem]
         if item.kind == "tres" and allow_cpu and item.name == "cpu":
             continue  # 23.11+ puts -c into tres_per_task as cpu=N; cpus_per_task carries it
         if item.name != "gpu" or item.kind != "gres":
-            what = f"gres {item.name}" if item.kind == "gres" else f"TRES {item.name}"
+            what = f"gres {shown(item.name)}" if item.kind == "gres" else f"TRES {shown(item.name)}"
             raise refusal(f"{option}={_tres_text(item)} asks for {what}; slurm-k8s-bridge runs jobs "
                            "whose generic resources are GPUs only", "ESLURM_INVALID_GRES")
         gpus.append(item)
@@ -146,11 +151,11 @@ def _gpu_items(text: str | None, option: str, allow_cpu: bool) -> list[TresItem]
 
 def _tres_text(item: TresItem) -> str:
     parts = [item.name] + ([item.type] if item.type else []) + [str(item.count)]
-    return ":".join(parts) if item.kind == "gres" else f"{item.name}={item.count}"
+    return shown(":".join(parts) if item.kind == "gres" else f"{item.name}={item.count}")
 
 
 def _words(field_name: str, item: TresItem) -> str:
-    typed = f"{item.type}:" if item.type else ""
+    typed = f"{shown(item.type)}:" if item.type else ""
     if field_name == "per_node":
         return f"--gres=gpu:{typed}{item.count}"
     if field_name == "per_job":
@@ -162,7 +167,7 @@ def _per_gpu(text: str | None, option: str) -> int | None:
     items = parse_tres(text, option)
     for item in items:
         if item.name != "gpu":
-            raise refusal(f"{option}: slurm-k8s-bridge knows this only for GPUs, not {item.name}",
+            raise refusal(f"{option}: slurm-k8s-bridge knows this only for GPUs, not {shown(item.name)}",
                            "ESLURM_INVALID_GRES")
     return items[-1].count if items else None
 
@@ -186,8 +191,8 @@ def _shapes_for_type(gpu: GpuAsk, shapes: Sequence[NodeShape],
     types = ", ".join(dict.fromkeys(s.gres_type for s in shapes))
     profiles = ", ".join(dict.fromkeys(p for s in shapes for p in s.mig))
     offer = f"{types} (MIG profiles: {profiles})" if profiles else types
-    raise refusal(f"{next(iter(gpu.words.values()))} asks for GPU type {gpu.type}, but partition "
-                   f"{rule.name} has {offer}", "ESLURM_INVALID_GRES_TYPE")
+    raise refusal(f"{next(iter(gpu.words.values()))} asks for GPU type {shown(gpu.type)}, but partition "
+                   f"{shown(rule.name)} has {offer}", "ESLURM_INVALID_GRES_TYPE")
 
 
 def _gpu_resource(gpu: GpuAsk, gpus: int) -> str | None:

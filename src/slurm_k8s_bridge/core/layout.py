@@ -5,12 +5,11 @@ the node shapes (every refusal names the limit). Pure.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slurm_k8s_bridge.core.config import BridgeConfig, NodeShape, PartitionRule
-from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal
+from slurm_k8s_bridge.core.errors import BridgeRefusal, refusal, shown
 from slurm_k8s_bridge.core.gpus import GpuAsk
 from slurm_k8s_bridge.core.request import SlurmJobRequest, given
 
@@ -62,19 +61,86 @@ def _layout(req: SlurmJobRequest, gpu: GpuAsk, shapes: tuple[NodeShape, ...], co
             rule: PartitionRule) -> _Layout:
     low, high, explicit = _node_range(req, gpu)
     exclusive = given(req.shared) == 0
-    failures: list[_NoFit] = []
-    for nodes in range(low, high + 1):
+    counts, most_tried = _counts_to_try(req, gpu, shapes, low, high)
+    last: _NoFit | None = None
+    tried = 0
+    for nodes in counts:
+        if _uneven(gpu, nodes):
+            continue
         try:
             share = _share(req, gpu, nodes, config)
             fitting = _fitting_shapes(share, gpu, shapes, rule, exclusive)
         except _NoFit as no:
-            failures.append(no)
+            last = no if not no.spread else last
+            tried += 1
+            if tried >= most_tried:
+                break
             continue
         return _finish(req, share, fitting, (low, high), exclusive, gpu, config)
-    if all(f.spread for f in failures) and gpu.per_job:
+    if last is None and gpu.per_job:
         raise refusal(f"{gpu.words['per_job']} cannot be spread evenly over {_nodes_text(low, high, explicit)}",
                        "ESLURM_INVALID_GRES")
-    raise [f for f in failures if not f.spread][-1].refusal
+    assert last is not None, "a node count range without candidates"
+    raise last.refusal
+
+
+#: Most node counts the search evaluates for one request. Counts too small for the largest
+#: shape are skipped without evaluating them, so a request that fits stops at the first or
+#: one of the next few; a request that fits nowhere (``-n 100000 --mem=5000G``) must not
+#: keep slurmctld, which calls job_submit under its locks, busy with 65536 of them.
+MOST_COUNTS_TRIED = 256
+
+
+def _counts_to_try(req: SlurmJobRequest, gpu: GpuAsk, shapes: Sequence[NodeShape], low: int,
+                   high: int) -> tuple[range, int]:
+    """The node counts to evaluate, smallest first, and how many of them at most. When no
+    count up to ``high`` can fit, the highest one alone, for its message."""
+    tasks = given(req.num_tasks)
+    if tasks is not None and not given(req.ntasks_per_node):
+        high = max(low, min(high, tasks))  # more nodes than tasks never fit
+    start = max(low, _fewest_nodes(req, gpu, shapes))
+    if start > high:
+        return range(high, low - 1, -1), 1
+    return range(start, high + 1), MOST_COUNTS_TRIED
+
+
+def _fewest_nodes(req: SlurmJobRequest, gpu: GpuAsk, shapes: Sequence[NodeShape]) -> int:
+    """A node count below which no pod's share fits even the largest shape's CPUs or GPUs."""
+    if not shapes:
+        return 1
+    most_cpus = max(s.cpus for s in shapes)
+    most_gpus = max(_gpu_capacity(s, gpu) for s in shapes)
+    fewest = 1
+    if gpu.per_job and gpu.per_node is None and most_gpus > 0:
+        fewest = _ceil(gpu.per_job, most_gpus)
+    tasks = given(req.num_tasks)
+    if tasks is None or tasks <= 0:
+        return fewest
+    per_pod = most_cpus // (given(req.cpus_per_task) or 1)  # tasks the largest pod holds
+    if gpu.per_task:
+        per_pod = min(per_pod, most_gpus // gpu.per_task)
+    per_node = given(req.ntasks_per_node)
+    if per_node:
+        fewest = max(fewest, _ceil(tasks, per_node))
+        if per_node <= per_pod:
+            return fewest
+    if per_pod <= 0:
+        return MAX_NODES + 1
+    return max(fewest, _ceil(tasks, per_pod))
+
+
+def _uneven(gpu: GpuAsk, nodes: int) -> bool:
+    """--gpus cannot be split over ``nodes`` (with --gpus-per-node: not that count)."""
+    if gpu.per_job is None:
+        return False
+    if gpu.per_node is not None:
+        return gpu.per_node * nodes != gpu.per_job
+    return gpu.per_job % nodes != 0
+
+
+def _ceil(a: int, b: int) -> int:
+    """``ceil(a / b)`` in integers (floats lose counts this large)."""
+    return -(-a // b)
 
 
 def _node_range(req: SlurmJobRequest, gpu: GpuAsk) -> tuple[int, int, bool]:
@@ -128,14 +194,14 @@ def _tasks_per_node(req: SlurmJobRequest, nodes: int) -> tuple[int, str]:
     if per_node:
         if tasks is not None and per_node * nodes < tasks:
             raise _NoFit(refusal(f"-n {tasks} with --ntasks-per-node={per_node} needs "
-                                  f"{math.ceil(tasks / per_node)} nodes, more than -N allows",
+                                  f"{_ceil(tasks, per_node)} nodes, more than -N allows",
                                   "ESLURM_BAD_TASK_COUNT"))
-        count = min(per_node, math.ceil(tasks / nodes)) if tasks is not None else per_node
+        count = min(per_node, _ceil(tasks, nodes)) if tasks is not None else per_node
         return count, f"--ntasks-per-node={per_node}"
     if tasks is not None:
         if tasks < nodes:
             raise _NoFit(refusal(f"-n {tasks} is fewer tasks than {nodes} nodes", "ESLURM_BAD_TASK_COUNT"))
-        count = math.ceil(tasks / nodes)
+        count = _ceil(tasks, nodes)
         return count, f"-n {tasks} over {_count(nodes, 'node')} ({count} per node)"
     return 1, "1 task per node"
 
@@ -187,14 +253,14 @@ def _fitting_shapes(share: _Share, gpu: GpuAsk, shapes: Sequence[NodeShape], rul
     if not by_cpu:
         largest = _largest(by_gpu, lambda s: s.cpus)
         raise _NoFit(refusal(f"{share.cpus_why} asks for {share.cpus} CPUs per node, but the largest "
-                              f"node shape in partition {rule.name} ({largest.name}) has {largest.cpus}",
+                              f"node shape in partition {shown(rule.name)} ({largest.name}) has {largest.cpus}",
                               "ESLURM_INVALID_CPU_COUNT"))
     by_memory = [s for s in by_cpu if share.memory_is_default or share.memory_mb is None
                  or share.memory_mb <= s.memory_mb]
     if not by_memory:
         largest = _largest(by_cpu, lambda s: s.memory_mb)
         raise _NoFit(refusal(f"{share.memory_why} asks for {share.memory_mb} MB per node, but the largest "
-                              f"node shape in partition {rule.name} ({largest.name}) has {largest.memory_mb} MB",
+                              f"node shape in partition {shown(rule.name)} ({largest.name}) has {largest.memory_mb} MB",
                               "ESLURM_INVALID_TASK_MEMORY"))
     return tuple(by_memory)
 
@@ -210,11 +276,11 @@ def _gpu_refusal(share: _Share, gpu: GpuAsk, shapes: Sequence[NodeShape], rule: 
     if gpu.mig and gpu.type:
         per_gpu = largest.mig.get(gpu.type, 0)
         return refusal(f"{share.gpus_why} asks for {share.gpus} MIG {gpu.type} instances per node, but the "
-                        f"largest node shape offering {gpu.type} in partition {rule.name} ({largest.name}) "
+                        f"largest node shape offering {gpu.type} in partition {shown(rule.name)} ({largest.name}) "
                         f"has {largest.mig_per_node(gpu.type)} ({per_gpu} per GPU x {largest.gpus} GPUs)",
                         "ESLURM_INVALID_GRES")
     return refusal(f"{share.gpus_why} asks for {share.gpus} GPUs per node, but the largest GPU node shape "
-                    f"in partition {rule.name} ({largest.name}) has {largest.gpus}", "ESLURM_INVALID_GRES")
+                    f"in partition {shown(rule.name)} ({largest.name}) has {largest.gpus}", "ESLURM_INVALID_GRES")
 
 
 def _largest(shapes: Sequence[NodeShape], size: Callable[[NodeShape], int]) -> NodeShape:

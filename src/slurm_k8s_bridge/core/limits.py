@@ -75,10 +75,10 @@ _NO_LIMIT = Usage(None, 0)
 
 
 def _int(value: str) -> int:
-    """``8`` / ``0.00`` / ``N`` (-> 0)."""
+    """``8`` / ``0.00`` / ``N`` (-> 0); what is not a finite number (``inf``, ``nan``) -> 0."""
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0
 
 
@@ -138,7 +138,8 @@ def parse_tres(value: str) -> dict[str, int]:
             number *= _MEM_UNITS[unit or "M"]
         elif unit:
             number *= 1024 ** ("KMGTP".index(unit) + 1)
-        out[name] = round(number)
+        if number < 2**63:  # inf for a number too long for a float: not one Slurm prints
+            out[name] = round(number)
     return out
 
 

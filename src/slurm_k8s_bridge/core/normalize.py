@@ -63,6 +63,11 @@ from slurm_k8s_bridge.core.request import (
 
 GPU_TOLERATION: Mapping[str, str] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
+#: Largest array index Slurm accepts (``MaxArraySize`` may be at most 4000001): it bounds the
+#: array task's object names, which pod hostnames (63 characters) are made of.
+MAX_ARRAY_INDEX = 4_000_000
+#: uids and gids are 32-bit; 0xFFFFFFFF and above are no owner
+_ID_MAX = 0xFFFFFFFE
 
 
 # -- the normalized request -------------------------------------------------------------
@@ -88,7 +93,7 @@ def normalize(req: SlurmJobRequest, config: BridgeConfig) -> BridgeRequest | Non
     terms = tuple(t for t in (t.within(typed_shapes) for t in terms) if t.shapes)
     if not terms:
         raise refusal(f"{_gpu_words(gpu)} and --constraint={shown(req.features)} together match no "
-                       f"node shape in partition {rule.name}", "ESLURM_INVALID_FEATURE")
+                       f"node shape in partition {shown(rule.name)}", "ESLURM_INVALID_FEATURE")
     shapes = tuple(s for s in typed_shapes if any(s in t.shapes for t in terms))
     layout = _layout(req, gpu, shapes, config, rule)
     chosen = layout.shapes
@@ -125,8 +130,8 @@ def normalize(req: SlurmJobRequest, config: BridgeConfig) -> BridgeRequest | Non
                                  if time_limit is not None else None),
         array_task_ids=array_ids,
         array_max_concurrent=array_limit,
-        user_id=given(req.user_id),
-        group_id=given(req.group_id),
+        user_id=_owner_id(req.user_id, "uid"),
+        group_id=_owner_id(req.group_id, "gid"),
         account=req.account or None,
         qos=req.qos or None,
         job_name=label_value(req.name),
@@ -143,7 +148,7 @@ def _bridged_rule(partition: str | None, config: BridgeConfig) -> PartitionRule 
     if not bridged:
         return None
     if len(rules) > 1:
-        raise refusal(f"-p {partition} names several partitions; slurm-k8s-bridge runs a job in "
+        raise refusal(f"-p {shown(partition)} names several partitions; slurm-k8s-bridge runs a job in "
                        f"exactly one when any of them ({', '.join(r.name for r in bridged)}) is bridged",
                        "ESLURM_INVALID_PARTITION_NAME")
     return bridged[0]
@@ -168,37 +173,37 @@ def _spank_choices(req: SlurmJobRequest, config: BridgeConfig,
 
 def _check_image(value: str, config: BridgeConfig) -> str:
     if not contract.valid_image(value):
-        raise refusal(f"--k8s-image={value} is not a container image reference "
+        raise refusal(f"--k8s-image={shown(value)} is not a container image reference "
                        "(like registry.example.com/team/image:tag)", "ESLURM_NOT_SUPPORTED")
     if not config.allowed_images:
         raise refusal("--k8s-image is not enabled on this cluster (no allowed_images)", "ESLURM_NOT_SUPPORTED")
     if not any(value.startswith(prefix) for prefix in config.allowed_images):
-        raise refusal(f"--k8s-image={value} is not allowed; images must start with "
+        raise refusal(f"--k8s-image={shown(value)} is not allowed; images must start with "
                        f"{' or '.join(config.allowed_images)}", "ESLURM_NOT_SUPPORTED")
     return value
 
 
 def _check_queue(value: str, rule: PartitionRule) -> str:
     if not contract.valid_queue_name(value):
-        raise refusal(f"--k8s-queue={value} is not a valid queue name (lowercase letters, digits, "
+        raise refusal(f"--k8s-queue={shown(value)} is not a valid queue name (lowercase letters, digits, "
                       f"'-' and '.', at most {contract.QUEUE_NAME_MAX} characters)",
                       "ESLURM_NOT_SUPPORTED")
     if not backend(rule.gang).uses_queue:
-        raise refusal(f"--k8s-queue has no effect in partition {rule.name}, which uses neither Kueue "
+        raise refusal(f"--k8s-queue has no effect in partition {shown(rule.name)}, which uses neither Kueue "
                        "nor Volcano", "ESLURM_NOT_SUPPORTED")
     return value
 
 
 def _check_priority(value: str, config: BridgeConfig) -> str:
     if not contract.valid_priority_class(value):
-        raise refusal(f"--k8s-priority={value} is not a valid PriorityClass name (lowercase letters, "
+        raise refusal(f"--k8s-priority={shown(value)} is not a valid PriorityClass name (lowercase letters, "
                        "digits, '-' and '.')", "ESLURM_NOT_SUPPORTED")
     allowed = config.allowed_priority_classes
     if allowed is not None and value not in allowed:
-        raise refusal(f"--k8s-priority={value} is not allowed; choose one of {', '.join(allowed) or '(none)'}",
+        raise refusal(f"--k8s-priority={shown(value)} is not allowed; choose one of {', '.join(allowed) or '(none)'}",
                        "ESLURM_NOT_SUPPORTED")
     if allowed is None and value.startswith("system-"):
-        raise refusal(f"--k8s-priority={value} is reserved for Kubernetes system components",
+        raise refusal(f"--k8s-priority={shown(value)} is reserved for Kubernetes system components",
                        "ESLURM_NOT_SUPPORTED")
     return value
 
@@ -210,6 +215,14 @@ def _check_priority(value: str, config: BridgeConfig) -> str:
 
 
 # -- --constraint -----------------------------------------------------------------------
+
+
+def _owner_id(value: int | None, what: str) -> int | None:
+    """The job owner's uid or gid, which the pods and their labels carry."""
+    value = given(value)
+    if value is not None and not 0 <= value < _ID_MAX:
+        raise refusal(f"the job's {what} {value} is not a valid {what}", "ESLURM_ACCESS_DENIED")
+    return value
 
 
 def _tolerations(rule: PartitionRule, gpus: bool) -> tuple[Mapping[str, Any], ...]:
@@ -249,6 +262,9 @@ def expand_array(spec: str, max_tasks: int) -> tuple[tuple[int, ...], int | None
         step = int(match.group(3)) if match.group(3) is not None else 1
         if last < first or step <= 0:
             raise _bad_array(spec)
+        if last > MAX_ARRAY_INDEX:
+            raise refusal(f"--array={shown(spec)} has an index above {MAX_ARRAY_INDEX}, the largest "
+                          "Slurm allows (MaxArraySize is at most 4000001)", "ESLURM_INVALID_ARRAY")
         count = (last - first) // step + 1
         if len(ids) + count > max_tasks:
             raise _too_many(spec, max_tasks)
@@ -259,12 +275,12 @@ def expand_array(spec: str, max_tasks: int) -> tuple[tuple[int, ...], int | None
 
 
 def _bad_array(spec: str) -> BridgeRefusal:
-    return refusal(f"--array={spec} is not a valid array specification (like 0-15:4%2 or 1,3,5-7)",
+    return refusal(f"--array={shown(spec)} is not a valid array specification (like 0-15:4%2 or 1,3,5-7)",
                     "ESLURM_INVALID_ARRAY")
 
 
 def _too_many(spec: str, max_tasks: int) -> BridgeRefusal:
-    return refusal(f"--array={spec} asks for more than {max_tasks} array tasks, the most "
+    return refusal(f"--array={shown(spec)} asks for more than {max_tasks} array tasks, the most "
                     "slurm-k8s-bridge runs for one job", "ESLURM_INVALID_ARRAY")
 
 

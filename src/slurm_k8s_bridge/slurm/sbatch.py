@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
+from slurm_k8s_bridge.core.errors import shown
 from slurm_k8s_bridge.core.contract import SPANK_OPTIONS
 from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 from slurm_k8s_bridge.slurm.sbatch_values import (
@@ -255,14 +256,14 @@ def _line_words(rest: str, lineno: int) -> list[str]:
         while pos < len(rest) and rest[pos].isspace():
             pos += 1
         if pos < len(rest) and rest[pos] == ":":
-            raise BridgeRefusal(f"line {lineno}: Unexpected `:` in [{rest[start:]}]", BAD_OPTION)
+            raise BridgeRefusal(f"line {lineno}: Unexpected `:` in [{shown(rest[start:])}]", BAD_OPTION)
         word, pos = _next_word(rest, pos, lineno, rest[start:])
         if word is None:
             return words
         words.append(word)
 
 
-def _next_word(rest: str, pos: int, lineno: int, shown: str) -> tuple[str | None, int]:
+def _next_word(rest: str, pos: int, lineno: int, context: str) -> tuple[str | None, int]:
     chars: list[str] = []
     quote = ""
     escaped = False
@@ -288,7 +289,7 @@ def _next_word(rest: str, pos: int, lineno: int, shown: str) -> tuple[str | None
         chars.append(c)
         pos += 1
     if quote:
-        raise BridgeRefusal(f"line {lineno}: Unmatched `{quote}` in [{shown}]", BAD_OPTION)
+        raise BridgeRefusal(f"line {lineno}: Unmatched `{quote}` in [{shown(context)}]", BAD_OPTION)
     if not chars:
         # sbatch returns "no argument" here: an empty word ("") or a comment ends the line
         return None, pos
@@ -345,12 +346,12 @@ def _long_option(argv: Sequence[str], i: int) -> tuple[OptionSpec, str | None, i
 def _unique_prefix(name: str, body: str) -> OptionSpec:
     matches = [spec for spec in SBATCH_OPTIONS if spec.name.startswith(name)] if name else []
     if not matches:
-        raise BridgeRefusal(f"unrecognized option '--{body}'", BAD_OPTION)
+        raise BridgeRefusal(f"unrecognized option '--{shown(body)}'", BAD_OPTION)
     first = matches[0]
     if all((m.key, m.has_arg) == (first.key, first.has_arg) for m in matches):
         return first
     names = " ".join(f"'--{m.name}'" for m in matches)
-    raise BridgeRefusal(f"option '--{body}' is ambiguous; possibilities: {names}", BAD_OPTION)
+    raise BridgeRefusal(f"option '--{shown(body)}' is ambiguous; possibilities: {names}", BAD_OPTION)
 
 
 def _short_options(argv: Sequence[str], i: int, found: list[ParsedOption], from_script: bool) -> int:
@@ -358,7 +359,7 @@ def _short_options(argv: Sequence[str], i: int, found: list[ParsedOption], from_
     for pos, letter in enumerate(cluster):
         spec = _SHORT.get(letter)
         if spec is None:
-            raise BridgeRefusal(f"invalid option -- '{letter}'", BAD_OPTION)
+            raise BridgeRefusal(f"invalid option -- '{shown(letter)}'", BAD_OPTION)
         rest = cluster[pos + 1:]
         if spec.has_arg == NONE:
             found.append(ParsedOption(spec, None, from_script))
@@ -390,7 +391,7 @@ def request_from_sbatch(script_text: str, argv: Sequence[str], uid: int, gid: in
     directives = parse_directives(script_text)
     script_opts, leftover = parse_options(directives, from_script=True)
     if leftover:
-        raise BridgeRefusal(f"Invalid directive found in batch script: {leftover[0]}", BAD_OPTION)
+        raise BridgeRefusal(f"Invalid directive found in batch script: {shown(leftover[0])}", BAD_OPTION)
     cli_opts, _script_args = parse_options(argv)
     if any(word == ":" for word in _script_args[:1]):
         raise BridgeRefusal(HETJOB_MESSAGE, "ESLURM_NOT_SUPPORTED")
@@ -600,7 +601,7 @@ def _apply_hint(opts: _SbatchOptions) -> None:
         elif word == "nomultithread":
             opts.threads_per_core = 1
         else:
-            raise BridgeRefusal(f'unrecognized --hint argument "{token}", see --hint=help', BAD_OPTION)
+            raise BridgeRefusal(f'unrecognized --hint argument "{shown(token)}", see --hint=help', BAD_OPTION)
 
 
 # -- job_desc ---------------------------------------------------------------------------

@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
+from slurm_k8s_bridge.core.errors import shown
 from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
 
 BAD_OPTION = "ESLURM_NOT_SUPPORTED"
 
 
 BAD_GRES = "ESLURM_INVALID_GRES"
+#: C's INT_MAX and LONG_MAX on the platforms Slurm runs on
+INT_MAX, LONG_MAX = 2**31 - 1, 2**63 - 1
+#: sbatch keeps memory in MB in 64 bits whose top bit flags "per CPU"
+MEMORY_MB_LIMIT = 2**63
 
 
 @dataclass
@@ -184,11 +189,14 @@ def _c(value: int | None) -> str:
 
 
 def parse_int(option: str, text: str, positive: bool) -> int:
-    """Slurm's ``parse_int``: a whole number, > 0 when ``positive``."""
+    """Slurm's ``parse_int``: a whole number, > 0 when ``positive``, that fits a C ``int``
+    (``strtol`` stops at ``LONG_MAX``)."""
     match = re.fullmatch(r"\s*([+-]?[0-9]+)", text)
     number = int(match.group(1)) if match else -1
     if number < 0 or (positive and number <= 0):
-        raise BridgeRefusal(f'Invalid numeric value "{text}" for {option}.', BAD_OPTION)
+        raise BridgeRefusal(f'Invalid numeric value "{shown(text)}" for {option}.', BAD_OPTION)
+    if number > INT_MAX:
+        raise BridgeRefusal(f"Numeric argument ({min(number, LONG_MAX)}) to big for {option}.", BAD_OPTION)
     return number
 
 
@@ -206,7 +214,7 @@ def parse_node_count(text: str) -> tuple[int, int]:
         return minimum, maximum
     count = _nodes(text)
     if count < 0:
-        raise BridgeRefusal(f'"{text}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
+        raise BridgeRefusal(f'"{shown(text)}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
     return count, count
 
 
@@ -214,7 +222,7 @@ def _nodes(text: str) -> int:
     match = re.match(r"^\s*([+-]?[0-9]+)([kK])?([mM])?(.*)$", text)
     if not match:
         if text.strip():
-            raise BridgeRefusal(f'"{text}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
+            raise BridgeRefusal(f'"{shown(text)}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
         return -1
     number = int(match.group(1))
     if match.group(2):
@@ -222,7 +230,7 @@ def _nodes(text: str) -> int:
     if match.group(3):
         number *= 1024 * 1024
     if match.group(4).strip():
-        raise BridgeRefusal(f'"{text}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
+        raise BridgeRefusal(f'"{shown(text)}" is not a valid node count', "ESLURM_INVALID_NODE_COUNT")
     return number
 
 
@@ -236,8 +244,10 @@ def str_to_mbytes(text: str) -> int | None:
         return None
     unit = (match.group(2) or "m")[0].lower()
     if unit == "k":
-        return (number + 1023) // 1024
-    return number * {"m": 1, "g": 1024, "t": 1024 * 1024}[unit]
+        mbytes = (number + 1023) // 1024
+    else:
+        mbytes = number * {"m": 1, "g": 1024, "t": 1024 * 1024}[unit]
+    return mbytes if mbytes < MEMORY_MB_LIMIT else None
 
 
 def _mbytes(option: str, text: str) -> int:
