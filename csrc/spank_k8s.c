@@ -38,6 +38,26 @@ static char config_path[PATH_MAX];
 
 /* --- options -------------------------------------------------------------------------- */
 
+/* The value as a refusal may quote it: one line (control characters as '?') of at most
+ * SHOWN_MAX bytes, cut before a UTF-8 character, then "...". */
+#define SHOWN_MAX 64
+static const char *shown(const char *v, char buf[SHOWN_MAX + 4])
+{
+	size_t i;
+	if (!v)
+		return "";
+	for (i = 0; v[i] && i < SHOWN_MAX; i++)
+		buf[i] = ((unsigned char) v[i] < 0x20 || v[i] == 0x7f) ? '?' : v[i];
+	if (v[i]) {
+		while (i > 0 && ((unsigned char) v[i] & 0xc0) == 0x80)
+			i--; /* do not split a multi-byte character */
+		memcpy(buf + i, "...", 3);
+		i += 3;
+	}
+	buf[i] = '\0';
+	return buf;
+}
+
 static int check_image(const char *v)
 {
 	size_t n = strlen(v);
@@ -65,9 +85,10 @@ static int check_k8s_name(const char *v, size_t max)
 
 static int opt_image(int val, const char *optarg, int remote)
 {
+	char buf[SHOWN_MAX + 4];
 	if (!optarg || check_image(optarg)) {
 		slurm_error(NAME ": --k8s-image: invalid image reference '%s'",
-			    optarg ? optarg : "");
+			    shown(optarg, buf));
 		return -1;
 	}
 	return 0;
@@ -75,9 +96,10 @@ static int opt_image(int val, const char *optarg, int remote)
 
 static int opt_queue(int val, const char *optarg, int remote)
 {
+	char buf[SHOWN_MAX + 4];
 	if (!optarg || check_k8s_name(optarg, K8SB_QUEUE_NAME_MAX)) {
 		slurm_error(NAME ": --k8s-queue: '%s' is not a valid queue name "
-			    "(lowercase letters, digits, '-' and '.')", optarg ? optarg : "");
+			    "(lowercase letters, digits, '-' and '.')", shown(optarg, buf));
 		return -1;
 	}
 	return 0;
@@ -85,9 +107,10 @@ static int opt_queue(int val, const char *optarg, int remote)
 
 static int opt_priority(int val, const char *optarg, int remote)
 {
+	char buf[SHOWN_MAX + 4];
 	if (!optarg || check_k8s_name(optarg, K8SB_PRIORITY_CLASS_MAX)) {
 		slurm_error(NAME ": --k8s-priority: '%s' is not a valid PriorityClass name",
-			    optarg ? optarg : "");
+			    shown(optarg, buf));
 		return -1;
 	}
 	return 0;
