@@ -180,7 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     kube = KubeAccess(api, cluster_name=config.cluster_name, namespaces=namespaces,
                       qps=args.qps, burst=args.burst).start()
     daemon = BridgeDaemon(config, SlurmClient(), kube, max_admitting=args.max_admitting,
-                          poll_interval=args.poll_interval, leader=leader)
+                          poll_interval=args.poll_interval, leader=leader,
+                          reserve_after=args.reserve_after)
     if args.metrics_port:
         serve_metrics(args.metrics_port, [daemon.metrics.render, kube.metrics.render_prometheus],
                       host=args.metrics_host)
@@ -274,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig of the daemon's identity "
                      "(default: in-cluster ServiceAccount)")
     run.add_argument("--max-admitting", type=int, default=8,
-                     help="gangs created but not yet running, at most (default 8)")
+                     help="gangs created but not yet running, at most (default 8); gangs "
+                     "whose pods all wait for room, none placed, do not count")
+    run.add_argument("--reserve-after", type=float, default=300.0,
+                     help="seconds after which a gang still waiting for room keeps its turn: "
+                     "no later job gets pods until it is placed (default 300; 0: never)")
     run.add_argument("--poll-interval", type=float, default=2.0,
                      help="seconds between Slurm polls when Kubernetes is quiet (default 2)")
     run.add_argument("--qps", type=float, default=20, help="Kubernetes API requests/s")

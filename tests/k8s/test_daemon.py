@@ -559,6 +559,98 @@ def test_k_api_server_down_at_submit_time(env: Env) -> None:
           f"comment while down: {comment!r}")
 
 
+def test_l_a_resource_quota_scoped_by_priority_class_names_itself_in_squeue(env: Env) -> None:
+    """A site reserves GPUs for a class with a ResourceQuota scoped by PriorityClass: a gang
+    beyond it waits with the quota in squeue, the bridge does not recreate its Job in a loop,
+    work of other classes is not held up, and the gang runs once the quota allows."""
+    core, sched = client.CoreV1Api(env.admin), client.SchedulingV1Api(env.admin)
+    klass, quota_name = "batch-low", "gpu-batch-low"
+    try:
+        sched.create_priority_class({"metadata": {"name": klass}, "value": 100,
+                                     "preemptionPolicy": "Never",
+                                     "description": "test: best-effort batch"})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    quota = {"metadata": {"name": quota_name},
+             "spec": {"hard": {"requests.nvidia.com/gpu": "8"},
+                      "scopeSelector": {"matchExpressions": [
+                          {"scopeName": "PriorityClass", "operator": "In", "values": [klass]}]}}}
+    core.create_namespaced_resource_quota(JOBS_NS, quota)
+    try:
+        # quota admission counts against status.hard, which the quota controller fills in
+        env.wait(lambda: (core.read_namespaced_resource_quota(quota_name, JOBS_NS).status.hard
+                          or {}).get("requests.nvidia.com/gpu") == "8", 30, "the quota's status")
+        job = env.submit(*GANG2, f"--k8s-priority={klass}", "-o", "/dev/null", "--wrap", "hostname")
+        name = f"{CLUSTER_NAME}-{job}"
+        comment = env.wait(lambda: "ResourceQuota" in (c := env.comment(job)) and c, 60,
+                           f"job {job}'s comment naming the quota")
+        env.ensure(comment == f"k8s: waiting: ResourceQuota {JOBS_NS}/{quota_name}: requested "
+                   "nvidia.com/gpu=8, used 8, limited 8", f"comment {comment!r}")
+        uid = env.k8s_jobs()[name].metadata.uid
+        # another class is not counted by this quota: it runs meanwhile
+        other = env.submit(*GANG1, "-o", "/dev/null", "--wrap", "hostname")
+        env.wait_state(other, FINISHED, 90)
+        env.ensure(env.state(other) == "COMPLETED", f"job {other}: {env.state(other)}")
+        env.ensure(env.state(job) == "PENDING" and env.k8s_jobs()[name].metadata.uid == uid
+                   and len(env.pods(name)) == 1,
+                   f"job {job} {env.state(job)}, its Job recreated or pods beyond the quota")
+        core.delete_namespaced_resource_quota(quota_name, JOBS_NS)
+        # the Job controller retries the second pod with its own back-off (10 s, doubling)
+        env.wait_state(job, FINISHED, 150)
+        env.ensure(env.state(job) == "COMPLETED", f"job {job}: {env.state(job)}")
+        env.wait_all_clean([job, other])
+        print(f"\ntest l: comment while over the quota: {comment!r}")
+    finally:
+        try:
+            core.delete_namespaced_resource_quota(quota_name, JOBS_NS)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+
+def test_m_gangs_that_do_not_fit_now_do_not_stop_a_later_job_that_does(env: Env) -> None:
+    """Head-of-line: Kubernetes-native pods take 4 of the 8 GPUs of every node; 8 gangs
+    asking for 8 GPUs a node wait (all pods Unschedulable) -- as many as the daemon's
+    admission cap (8) -- and a later job asking for 4 GPUs still runs."""
+    core = client.CoreV1Api(env.admin)
+    native_ns = "inference-hol"
+    try:
+        core.create_namespace({"metadata": {"name": native_ns}})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    nodes = env.kube_nodes()
+    for i, node in enumerate(nodes):
+        core.create_namespaced_pod(native_ns, {
+            "metadata": {"name": f"serve-{i}"},
+            "spec": {"nodeName": node, "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "serve", "image": "registry.example/serve:1",
+                                     "resources": {"requests": {"nvidia.com/gpu": "4"},
+                                                   "limits": {"nvidia.com/gpu": "4"}}}]}})
+    stuck: list[int] = []
+    try:
+        env.wait(lambda: all(p.status.phase == "Running"
+                             for p in core.list_namespaced_pod(native_ns).items), 30,
+                 "the native pods Running")
+        stuck = [env.submit(*GANG1, "-o", "/dev/null", "--wrap", "hostname") for _ in range(8)]
+        for job in stuck:
+            env.wait(lambda j=job: "Unschedulable" in env.comment(j), 60,
+                     f"job {job} waiting with the scheduler's reason")
+        small = env.submit("-N1", "--gres=gpu:h100:4", "-c1", "--mem=100", "-o", "/dev/null",
+                           "--wrap", "hostname")
+        env.wait_state(small, FINISHED, 90)
+        env.ensure(env.state(small) == "COMPLETED", f"job {small}: {env.state(small)}, "
+                   f"comment {env.comment(small)!r}")
+        env.ensure(all(env.state(j) == "PENDING" for j in stuck), "a gang that could not fit ran")
+        print(f"\ntest m: 8 gangs waiting ({env.comment(stuck[0])!r}); job {small} COMPLETED")
+    finally:
+        for job in stuck:
+            env.cluster.run(["scancel", str(job)], user=USER)
+        core.delete_collection_namespaced_pod(native_ns, grace_period_seconds=0)
+    env.wait_all_clean(stuck, timeout=60)
+
+
 def test_i_metrics(env: Env) -> None:
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics",

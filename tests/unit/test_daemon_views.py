@@ -13,6 +13,7 @@ from slurm_k8s_bridge.daemon.observe import (
     gang_from_k8s,
     lost_nodes,
     pod_info,
+    quota_refusal,
 )
 from slurm_k8s_bridge.daemon.plan import GangKey
 from slurm_k8s_bridge.slurm.records import SlurmJob
@@ -133,3 +134,49 @@ def test_a_requeued_gang_ignores_the_old_jobs_terminating_pods():
     new["metadata"]["ownerReferences"] = [{"kind": "Job", "controller": True, "uid": "new"}]
     gang = gang_from_k8s(job, [old, new])
     assert gang is not None and [p.phase for p in gang.pods] == ["Pending"]
+
+
+def _quota_event(reason, message, when, uid="u1"):
+    return {"metadata": {"name": f"slurm-6.{when}", "namespace": "slurm-jobs"},
+            "involvedObject": {"kind": "Job", "name": "slurm-6", "namespace": "slurm-jobs", "uid": uid},
+            "reason": reason, "message": message, "lastTimestamp": f"2026-12-07T10:00:{when:02d}Z"}
+
+
+#: the Job controller's Event, as kube-controller-manager 1.34 writes it
+EXCEEDED = ('Error creating: pods "slurm-6-1-x7k2q" is forbidden: exceeded quota: gpu-low, '
+            "requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=8, "
+            "limited: requests.nvidia.com/gpu=8")
+QUOTA_JOB = {"metadata": {"name": "slurm-6", "namespace": "slurm-jobs", "uid": "u1",
+                          "labels": {"slurm-k8s-bridge.io/job-id": "6"}},
+             "spec": {"completions": 2, "parallelism": 2}, "status": {"active": 1}}
+
+
+def test_a_resource_quota_refusal_is_the_gangs_reason():
+    events = [_quota_event("SuccessfulCreate", "Created pod: slurm-6-0-abcde", 1),
+              _quota_event("FailedCreate", EXCEEDED, 2)]
+    assert quota_refusal(QUOTA_JOB, events) == (
+        "waiting: ResourceQuota slurm-jobs/gpu-low: requested nvidia.com/gpu=8, used 8, limited 8")
+    gang = gang_from_k8s(QUOTA_JOB, [_pod(0, phase="Running", node="gpu-1")], events=events)
+    assert gang is not None and gang.waiting_admission.startswith("waiting: ResourceQuota")
+
+
+def test_several_resources_name_only_the_limited_ones():
+    message = ('Error creating: pods "p" is forbidden: exceeded quota: team, requested: '
+               "requests.cpu=2,requests.nvidia.com/gpu=8, used: requests.cpu=10,"
+               "requests.nvidia.com/gpu=16, limited: requests.nvidia.com/gpu=16")
+    assert quota_refusal(QUOTA_JOB, [_quota_event("FailedCreate", message, 3)]) == (
+        "waiting: ResourceQuota slurm-jobs/team: requested nvidia.com/gpu=8, used 16, limited 16")
+
+
+def test_no_quota_reason_once_pods_were_created_or_for_other_failures():
+    later = [_quota_event("FailedCreate", EXCEEDED, 2), _quota_event("SuccessfulCreate", "Created", 5)]
+    assert quota_refusal(QUOTA_JOB, later) == ""
+    other = [_quota_event("FailedCreate", 'Error creating: pods "p" is forbidden: '
+                          "violates PodSecurity", 2)]
+    assert quota_refusal(QUOTA_JOB, other) == ""
+    # the refusal was about an older Job of the same name (before a requeue)
+    assert quota_refusal(QUOTA_JOB, [_quota_event("FailedCreate", EXCEEDED, 2, uid="old")]) == ""
+    # every pod exists: whatever an old Event says, the gang does not wait for the quota
+    both = [_pod(0, phase="Running", node="gpu-1"), _pod(1, phase="Pending")]
+    gang = gang_from_k8s(QUOTA_JOB, both, events=[_quota_event("FailedCreate", EXCEEDED, 2)])
+    assert gang is not None and gang.waiting_admission == ""

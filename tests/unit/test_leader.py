@@ -397,7 +397,7 @@ def test_the_daemon_drops_the_rest_of_a_round_when_deposed(monkeypatch: pytest.M
     monkeypatch.setattr(daemon, "observe", lambda: None)
     monkeypatch.setattr(daemon, "mirror_inventory", lambda: done.append(-1))
     monkeypatch.setattr(daemon, "execute", lambda action: done.append(action))
-    monkeypatch.setattr(daemon_module, "plan", lambda *a: SimpleNamespace(actions=[1, 2, 3, 4]))
+    monkeypatch.setattr(daemon_module, "plan", lambda *a, **kw: SimpleNamespace(actions=[1, 2, 3, 4]))
     daemon.reconcile_once()
     assert done == [-1, 1, 2]
     assert daemon.metrics.is_leader is False

@@ -338,3 +338,50 @@ def test_pods_failing_before_start_are_retried_then_the_job_ends_with_the_reason
     fail = p.actions[1]
     assert isinstance(fail, FailJob) and fail.why == (
         f"its pods failed {MAX_START_FAILURES} times before it could start; last: {bad}")
+
+
+UNSCHEDULABLE = "Unschedulable: 0/4 nodes are available: 4 Insufficient cpu."
+T0 = __import__("datetime").datetime(2026, 12, 7, 10, 0, tzinfo=__import__("datetime").timezone.utc)
+
+
+def parked(key, created=T0):
+    return gang(key=key, created=created, pods=[
+        PodInfo(name=f"slurm-{key.job_id}-{i}-x", hostname=f"slurm-{key.job_id}-{i}",
+                phase="Pending", problem=UNSCHEDULABLE) for i in range(2)])
+
+
+def test_gangs_waiting_for_room_take_no_admission_slot_so_later_jobs_that_fit_start():
+    """Head-of-line: 8 gangs nobody can place now, then a job: it gets its gang."""
+    stuck = [GangKey(200 + i) for i in range(8)]
+    world = World(jobs=[job(k) for k in stuck] + [job(K1)],
+                  gangs={k: parked(k) for k in stuck}, slurm_nodes={},
+                  now=T0.replace(minute=1))
+    p = plan(world, max_admitting=8)
+    assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [K1]
+    assert len(p.parked) == 8 and p.admitting == 1
+    # a gang with a pod placed holds GPUs: it keeps its slot, as does one still creating pods
+    half = gang(key=stuck[0], pods=[pod(0), PodInfo(name="b", hostname="slurm-200-1",
+                                                    phase="Pending", problem=UNSCHEDULABLE)])
+    creating = gang(key=stuck[1], pods=[])
+    p = plan(World(jobs=[job(stuck[0]), job(stuck[1]), job(K1)],
+                   gangs={stuck[0]: half, stuck[1]: creating}, slurm_nodes={}), max_admitting=2)
+    assert not [a for a in p.actions if isinstance(a, CreateGang)]
+    assert any(isinstance(a, SetComment) and a.key == K1 and "already being admitted" in a.text
+               for a in p.actions)
+
+
+def test_a_gang_waiting_past_the_bound_keeps_its_turn():
+    """Starvation: once a parked gang has waited reserve_after, jobs after it in Slurm's
+    order wait behind it (saying so); jobs before it are not held back."""
+    early = GangKey(50)
+    world = World(jobs=[job(early), job(K2), job(K3)], gangs={K2: parked(K2)}, slurm_nodes={},
+                  now=T0.replace(minute=6))
+    p = plan(world, reserve_after=300)
+    assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [early]
+    waits = [a.text for a in p.actions if isinstance(a, SetComment) and a.key == K3]
+    assert waits == ["k8s: queued: behind job 102, which has waited 360s for room for its pods"]
+    # before the bound, or with reservations off, the later job starts
+    for now, bound in ((T0.replace(minute=4), 300), (T0.replace(minute=6), 0)):
+        p = plan(World(jobs=[job(K2), job(K3)], gangs={K2: parked(K2)}, slurm_nodes={}, now=now),
+                 reserve_after=bound)
+        assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [K3]

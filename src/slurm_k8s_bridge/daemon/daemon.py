@@ -19,11 +19,13 @@ import re
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from slurm_k8s_bridge.core.config import BridgeConfig
 from slurm_k8s_bridge.core.errors import BridgeRefusal
 from slurm_k8s_bridge.daemon.plan import (
+    RESERVE_AFTER_S,
     FINISHED,
     Action,
     BridgedJob,
@@ -78,12 +80,14 @@ LOG = logging.getLogger("slurm_k8s_bridge.daemon")
 class BridgeDaemon:
     def __init__(self, config: BridgeConfig, slurm: SlurmClient, kube: Any, *,
                  max_admitting: int = 8, poll_interval: float = 2.0,
-                 leader: LeaderElector | None = None) -> None:
+                 leader: LeaderElector | None = None,
+                 reserve_after: float = RESERVE_AFTER_S) -> None:
         self.config = config
         self.leader = leader   # None: the only replica, always acting
         self.slurm = slurm
         self.kube = kube
         self.max_admitting = max_admitting
+        self.reserve_after = reserve_after    # plan(): a parked gang's turn is kept after this
         self._finished_since: dict[GangKey, float] = {}   # monotonic time first seen ended
         self._start_failures: dict[GangKey, int] = {}     # gangs failed before the job ran
         self.poll_interval = poll_interval
@@ -103,7 +107,8 @@ class BridgeDaemon:
                  if self._node_pattern.match(name)}
         gangs: dict[GangKey, Gang] = {}
         for (ns, name), obj in self.kube.jobs().items():
-            gang = gang_from_k8s(obj, self.kube.pods_of(ns, name), self.kube.related(obj))
+            gang = gang_from_k8s(obj, self.kube.pods_of(ns, name), self.kube.related(obj),
+                                 self.kube.events_for(ns, "Job", name))
             if gang is not None:
                 gangs[gang.key] = gang
         self._gangs = gangs
@@ -131,7 +136,8 @@ class BridgeDaemon:
                                      if k in {job.key for job in jobs}},
                      finished_for={k: now - t for k, t in self._finished_since.items()},
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()),
-                     api_problem=self.kube.api_problem())
+                     api_problem=self.kube.api_problem(),
+                     now=datetime.now(timezone.utc))
 
     def _apply_limits(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]
                       ) -> list[BridgedJob]:
@@ -271,7 +277,8 @@ class BridgeDaemon:
             LOG.warning("slurm not answering; nothing decided this round",
                         extra={"error": str(exc)})
             return []
-        actions = plan(world, self.config, self.max_admitting).actions
+        actions = plan(world, self.config, self.max_admitting,
+                       reserve_after=self.reserve_after).actions
         if not self._acting():
             return []
         self.mirror_inventory()

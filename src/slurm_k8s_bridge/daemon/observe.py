@@ -2,8 +2,8 @@
 
 Pure functions on what the clients return (tested on literal objects): Slurm's job records
 become ``BridgedJob`` (a pending array stands for its tasks), the bridge's Jobs and their pods
-become ``Gang`` (which backend holds a suspended Job and why: ``core.gang``), Kubernetes
-nodes that are NotReady are lost.
+become ``Gang`` (which backend holds a suspended Job and why: ``core.gang``; which
+ResourceQuota refuses its pods: ``quota_refusal``), Kubernetes nodes that are NotReady are lost.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from slurm_k8s_bridge.core import gang as gangs
 from slurm_k8s_bridge.core.contract import ARRAY_TASK_LABEL, JOB_ID_LABEL
 from slurm_k8s_bridge.daemon.plan import BridgedJob, Gang, GangKey, PodInfo
+from slurm_k8s_bridge.kube.cache import event_time
 from slurm_k8s_bridge.slurm.records import SlurmJob, eligible
 
 
@@ -162,9 +163,11 @@ def gang_key_of(obj: Mapping[str, Any]) -> GangKey | None:
 
 
 def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
-                  related: gangs.Related = gangs.NOTHING_RELATED) -> Gang | None:
+                  related: gangs.Related = gangs.NOTHING_RELATED,
+                  events: Iterable[Mapping[str, Any]] = ()) -> Gang | None:
     """The planner's view of one of the bridge's Jobs; ``related``: what the watch cache
-    holds of the kinds the gang backends read around it (``KubeAccess.related``)."""
+    holds of the kinds the gang backends read around it (``KubeAccess.related``);
+    ``events``: the Job's Events (``KubeAccess.events_for``), for ``quota_refusal``."""
     key = gang_key_of(job)
     if key is None:
         return None
@@ -180,12 +183,68 @@ def gang_from_k8s(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
     # terminating, are not this gang's (they would read as failed pods of the new gang).
     uid = meta.get("uid")
     pods = [p for p in pods if not uid or _controller_uid(p) in (None, uid)]
+    live = sum(1 for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp"))
+    size = int(spec.get("completions") or spec.get("parallelism") or 0)
+    if not waiting and live < size:
+        # not a pod failure: the Job controller retries (with its own back-off) by itself
+        waiting = quota_refusal(job, events)
     return Gang(key=key, namespace=meta.get("namespace", ""), name=meta.get("name", ""),
                 pods=tuple(sorted((pod_info(p) for p in pods), key=lambda p: p.hostname)),
-                size=int(spec.get("completions") or spec.get("parallelism") or 0),
-                waiting_admission=waiting, failed=failed,
+                size=size, waiting_admission=waiting, failed=failed,
                 failed_pods=int(status.get("failed") or 0),
-                failed_indexes=str(status.get("failedIndexes") or ""))
+                failed_indexes=str(status.get("failedIndexes") or ""),
+                created=_k8s_time(meta.get("creationTimestamp")))
+
+
+#: quota admission's refusal, in the Job controller's FailedCreate Event ("Error creating:
+#: pods \"x\" is forbidden: exceeded quota: NAME, requested: R=V,..., used: ..., limited: ...")
+_EXCEEDED = re.compile(r"exceeded quota: (?P<name>[^,\s]+), requested: (?P<requested>\S*?), "
+                       r"used: (?P<used>\S*?), limited: (?P<limited>[^\s,]+(?:,[^\s,]+)*)")
+
+
+def quota_refusal(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> str:
+    """Why the Job controller cannot create a Job's pods, when a ResourceQuota refuses them:
+    ``waiting: ResourceQuota NS/NAME: requested nvidia.com/gpu=8, used 8, limited 8``, from
+    the latest of the Job's pod-creation Events (FailedCreate, SuccessfulCreate) when it is
+    such a refusal; "" otherwise (pods created since, another failure, no Event). Events of
+    an older Job of the same name (a requeue) are not this one's."""
+    meta = job.get("metadata") or {}
+    uid = meta.get("uid")
+    latest: Mapping[str, Any] | None = None
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") not in ("FailedCreate", "SuccessfulCreate"):
+            continue
+        if uid and involved.get("uid") and involved.get("uid") != uid:
+            continue
+        if latest is None or event_time(event) >= event_time(latest):
+            latest = event
+    if latest is None or latest.get("reason") != "FailedCreate":
+        return ""
+    found = _EXCEEDED.search(str(latest.get("message") or latest.get("note") or ""))
+    if not found:
+        return ""
+    lists = [_quantities(found[part]) for part in ("requested", "used", "limited")]
+    names = [k for k in lists[0] if k in lists[2]] or list(lists[2])
+    detail = "; ".join(f"requested {_resource(k)}={lists[0].get(k, '?')}, used {lists[1].get(k, '?')}, "
+                       f"limited {lists[2].get(k, '?')}" for k in names)
+    namespace = (latest.get("involvedObject") or {}).get("namespace") or meta.get("namespace") or ""
+    return f"waiting: ResourceQuota {namespace}/{found['name']}: {detail}"
+
+
+def _quantities(text: str) -> dict[str, str]:
+    """``requests.nvidia.com/gpu=8,requests.cpu=2`` (quota admission's prettyPrint) as a dict."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key:
+            out[key] = value
+    return out
+
+
+def _resource(quota_key: str) -> str:
+    """``requests.nvidia.com/gpu`` -> ``nvidia.com/gpu`` (a request is what users think of)."""
+    return quota_key.removeprefix("requests.")
 
 
 def _controller_uid(pod: Mapping[str, Any]) -> str | None:

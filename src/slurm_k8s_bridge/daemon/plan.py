@@ -100,6 +100,7 @@ class Gang:
     failed: str = ""                  # the Job itself failed (DeadlineExceeded, ...)
     failed_pods: int = 0              # status.failed: pods of the Job that failed or vanished
     failed_indexes: str = ""          # status.failedIndexes (backoffLimitPerIndex), e.g. "1,3"
+    created: datetime | None = None   # the Job's creationTimestamp, aware
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class World:
     #: why the Kubernetes API server cannot be used now ("" while it answers): no gang is
     #: created meanwhile, and the jobs that wait for one say why
     api_problem: str = ""
+    #: the time of this observation (aware; gang ages are measured against it)
+    now: datetime | None = None
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -190,7 +193,10 @@ STALE_REQUEUE = ("Slurm could not finish requeuing it: every pod of its previous
 @dataclass
 class Plan:
     actions: list[Action] = field(default_factory=list)
-    admitting: int = 0                # gangs created but not yet released
+    admitting: int = 0                # gangs created but not yet released (parked ones aside)
+    #: gangs that wait for room with none of their pods placed (``_parked``): they hold
+    #: nothing, so they take no admission slot; (Slurm order, key, seconds waiting)
+    parked: list[tuple[tuple[str, int], GangKey, float]] = field(default_factory=list)
 
     def add(self, action: Action) -> None:
         self.actions.append(action)
@@ -246,6 +252,23 @@ def _gang_status(gang: Gang, slurm_nodes: Mapping[str, str],
     return True, "all pods running and registered"
 
 
+def _parked(gang: Gang) -> bool:
+    """Every pod of the gang exists, none is placed, and the scheduler said why: the gang
+    holds no GPUs and waits for room. It takes no admission slot (``plan``): a gang that
+    does not fit now must not stop later jobs that do (Slurm's backfill)."""
+    pods = [p for p in gang.pods if not p.terminating]
+    return (not gang.waiting_admission and gang.size > 0 and len(pods) >= gang.size
+            and not any(p.scheduled for p in pods)
+            and any(p.problem.startswith("Unschedulable") for p in pods))
+
+
+def _waited(gang: Gang, now: datetime | None) -> float:
+    """Seconds since the gang's Job was created (0 when a time is unknown)."""
+    if gang.created is None or now is None:
+        return 0.0
+    return max(0.0, (now - gang.created).total_seconds())
+
+
 def _failed_pod(gang: Gang, lost: frozenset[str]) -> str:
     for pod in gang.pods:
         if pod.failed or pod.terminating:
@@ -295,13 +318,19 @@ MAX_START_FAILURES = 3
 #: job itself) instead of a job whose nodes are gone. ``scancel`` does not wait.
 FINISH_GRACE_S = 7.0
 
+#: A parked gang that has waited this long reserves its turn: no job behind it in Slurm's
+#: order gets a new gang until it is placed (so a large gang is not starved by small ones).
+RESERVE_AFTER_S = 300.0
+
 
 def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
-         finish_grace: float = FINISH_GRACE_S) -> Plan:
-    """Every action needed now; ``max_admitting`` caps gangs created but not yet released;
-    a finished job's objects go once it has been seen finished ``finish_grace`` seconds
-    (at once when cancelled, or when ``world.finished_for`` does not know it). A gang to
-    create is rendered here, from the job's normalized request and ``config``."""
+         finish_grace: float = FINISH_GRACE_S, reserve_after: float = RESERVE_AFTER_S) -> Plan:
+    """Every action needed now; ``max_admitting`` caps gangs created but not yet released
+    (it protects the API server: parked gangs, which hold nothing, do not count); a gang
+    parked for ``reserve_after`` seconds (0: never) holds back the jobs after it in Slurm's
+    order; a finished job's objects go once it has been seen finished ``finish_grace``
+    seconds (at once when cancelled, or when ``world.finished_for`` does not know it). A
+    gang to create is rendered here, from the job's normalized request and ``config``."""
     out = Plan()
     seen: set[GangKey] = set()
     pending_new: list[BridgedJob] = []
@@ -363,8 +392,8 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
                                f"({job.wait_reason or 'held'})"))
             _comment(job, out, f"pods removed: {job.wait_reason or 'held'}")
             continue
-        out.admitting += 1
         if failure:
+            out.admitting += 1
             tries = world.start_failures.get(job.key, 0) + 1
             out.add(DeleteGang(job.key, gang.namespace, gang.name, failure, failed_start=True))
             if tries >= MAX_START_FAILURES:
@@ -375,6 +404,10 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
             continue
         ready, status = _gang_status(gang, world.slurm_nodes, world.slurmd_started,
                                      world.node_problems)
+        if not ready and _parked(gang):
+            out.parked.append((job.order, job.key, _waited(gang, world.now)))
+        else:
+            out.admitting += 1
         if ready:
             nodes = tuple(sorted(p.hostname for p in gang.pods if not p.terminating))
             out.add(PinAndRelease(job.key, nodes, start_now=job.restarts > 0))
@@ -384,12 +417,18 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
         else:
             _comment(job, out, status)
 
+    starved = min((p for p in out.parked if reserve_after > 0 and p[2] >= reserve_after),
+                  default=None)
     for job in sorted(pending_new, key=lambda j: j.order):
         if job.request is None:
             _comment(job, out, job.request_problem or "its partition is no longer bridged")
             continue
         if world.api_problem:
             _comment(job, out, f"waiting: {world.api_problem}")
+            continue
+        if starved is not None and job.order > starved[0]:
+            _comment(job, out, f"queued: behind job {starved[1].slurm_id}, which has waited "
+                               f"{starved[2]:.0f}s for room for its pods")
             continue
         if out.admitting >= max_admitting:
             _comment(job, out, f"queued: {max_admitting} jobs are already being admitted")
