@@ -385,3 +385,14 @@ def test_a_gang_waiting_past_the_bound_keeps_its_turn():
         p = plan(World(jobs=[job(K2), job(K3)], gangs={K2: parked(K2)}, slurm_nodes={}, now=now),
                  reserve_after=bound)
         assert [a.key for a in p.actions if isinstance(a, CreateGang)] == [K3]
+
+
+def test_a_node_that_registered_after_its_cancelled_jobs_gang_went_is_removed():
+    """A pod placed just as its job was cancelled registers once the gang is gone."""
+    world = World(jobs=[job(K1, state="CANCELLED", held=False),
+                        job(GangKey(7, 1), state="CANCELLED", held=False)], gangs={},
+                  slurm_nodes={"slurm-101-0": "IDLE", "slurm-1010-0": "IDLE",
+                               "slurm-7-1-0": "IDLE", "slurm-7-10-0": "IDLE", "slurm-7-1-x": "IDLE"})
+    p = plan(world)
+    deleted = sorted(n for a in p.actions if isinstance(a, DeleteNodes) for n in a.nodes)
+    assert deleted == ["slurm-101-0", "slurm-7-1-0"]

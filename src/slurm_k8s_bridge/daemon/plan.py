@@ -344,7 +344,7 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
             if gang is not None:
                 out.add(DeleteGang(job.key, gang.namespace, gang.name,
                                    f"Slurm job {job.key.slurm_id} {job.state}"))
-            _forget_nodes(job, gang, world, out)
+            _forget_nodes(job, gang, world, out, config.cluster_name)
             continue
         if job.state in ACTIVE:
             _running(job, gang, world, out)
@@ -463,10 +463,18 @@ def _running(job: BridgedJob, gang: Gang | None, world: World, out: Plan) -> Non
     _comment(job, out, f"{'requeuing' if job.requeue else 'failed'}: {failure}")
 
 
-def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan) -> None:
+def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan,
+                  cluster_name: str) -> None:
+    """The dynamic Slurm nodes of a finished job go: its allocation, its gang's pods, and
+    any node named for it that registered late (a pod placed just as the job was cancelled
+    registers after its gang was deleted, when nothing else names it)."""
     names = set(job.nodes)
     if gang is not None:
         names |= {p.hostname for p in gang.pods}
+    task = "" if job.key.array_task_id is None else f"-{job.key.array_task_id}"
+    own = f"{cluster_name}-{job.key.job_id}{task}-"
+    names |= {n for n in world.slurm_nodes
+              if n.startswith(own) and n[len(own):].isdigit()}
     known = tuple(sorted(n for n in names if n in world.slurm_nodes))
     if known:
         out.add(DeleteNodes(known))
