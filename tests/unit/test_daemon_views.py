@@ -180,3 +180,22 @@ def test_no_quota_reason_once_pods_were_created_or_for_other_failures():
     both = [_pod(0, phase="Running", node="gpu-1"), _pod(1, phase="Pending")]
     gang = gang_from_k8s(QUOTA_JOB, both, events=[_quota_event("FailedCreate", EXCEEDED, 2)])
     assert gang is not None and gang.waiting_admission == ""
+
+
+def test_a_preempted_or_evicted_pod_says_who_took_it():
+    victim = _pod(0, phase="Running", node="gpu-1", conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+         "message": "default-scheduler: preempting to accommodate a higher priority pod"}])
+    victim["spec"]["priority"] = 100
+    info = pod_info(victim)
+    assert info.failed and info.problem == (
+        "preempted by kube-scheduler for a higher-priority pod (the pod's priority 100): "
+        "default-scheduler: preempting to accommodate a higher priority pod")
+    evicted = pod_info(_pod(1, phase="Running", node="gpu-1", conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+         "message": "Eviction API: evicting"}]))
+    assert evicted.failed and evicted.problem == "evicted through the Eviction API: Eviction API: evicting"
+    # a condition that is no longer true is not a disruption
+    calm = pod_info(_pod(2, phase="Running", node="gpu-1", conditions=[
+        {"type": "DisruptionTarget", "status": "False", "reason": "PreemptionByScheduler"}]))
+    assert not calm.failed and calm.problem == ""

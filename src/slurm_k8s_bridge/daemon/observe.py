@@ -88,6 +88,16 @@ def _expand_hostlist(parts: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: the DisruptionTarget condition's reasons (Kubernetes 1.26+), in the bridge's words
+_DISRUPTIONS = {
+    "PreemptionByScheduler": "preempted by kube-scheduler for a higher-priority pod",
+    "EvictionByEvictionAPI": "evicted through the Eviction API",
+    "TerminationByKubelet": "terminated by the kubelet (node pressure or shutdown)",
+    "DeletionByTaintManager": "deleted by a NoExecute taint on its node",
+    "DeletionByPodGC": "deleted by the pod garbage collector (node gone)",
+}
+
+
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -115,6 +125,17 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
             failed = True
     if status.get("reason") in ("Evicted", "Preempting", "DeadlineExceeded", "NodeLost"):
         problem = f"{status['reason']}: {status.get('message', '')}".strip(": ")
+        failed = True
+    disruption = conditions.get("DisruptionTarget") or {}
+    if disruption.get("status") == "True":
+        # Kubernetes says why it is taking the pod away (preemption, eviction, ...):
+        # that, not "deleted", is what the job's comment must tell
+        words = _DISRUPTIONS.get(str(disruption.get("reason")),
+                                 f"disrupted ({disruption.get('reason') or 'no reason given'})")
+        if spec.get("priority") is not None:
+            words += f" (the pod's priority {spec.get('priority')})"
+        message = str(disruption.get("message") or "").strip()
+        problem = f"{words}: {message}" if message else words
         failed = True
     if phase == "Succeeded":
         failed, problem = True, problem or "pod exited (Succeeded) while the job was running"
