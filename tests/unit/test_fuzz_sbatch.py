@@ -15,13 +15,12 @@ The regression tests at the end are the bugs this fuzzing found, each as one exa
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from slurm_k8s_bridge.core.errors import BridgeRefusal, SbatchRefusal
@@ -41,13 +40,11 @@ from slurm_k8s_bridge.slurm.sbatch_values import (
 )
 
 from .. import fuzz_requests as fz
+from .conftest import fuzz_settings
 
 pytestmark = pytest.mark.unit
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                derandomize=not os.environ.get("FUZZ_RANDOM"),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = fuzz_settings(HealthCheck.function_scoped_fixture)
 SAMPLES = json.loads((Path(__file__).parent / "data" / "sbatch-directives-sample.json").read_text())
 UID = GID = 1000
 #: options whose value is a string the bridge reads or that sbatch checks

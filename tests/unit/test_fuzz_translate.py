@@ -22,14 +22,13 @@ at the end are the bugs this fuzzing found.
 from __future__ import annotations
 
 import copy
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from slurm_k8s_bridge.core import layout
@@ -62,14 +61,11 @@ from slurm_k8s_bridge.slurm.plugin_build import ESLURM_CODES
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 
 from .. import fuzz_requests as fz
-from .conftest import EXAMPLE_CONFIG
+from .conftest import EXAMPLE_CONFIG, fuzz_settings
 
 pytestmark = pytest.mark.unit
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                derandomize=not os.environ.get("FUZZ_RANDOM"),
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings()
 DATA = Path(__file__).parent / "data"
 JOB_ID = 67108863  # Slurm's largest job id (MaxJobId), the longest names
 

@@ -219,31 +219,27 @@ def test_max_jobs_per_user_counts_running_and_admitting():
     assert check_limits(first, lim, admitting=[other]) == (True, "")
 
 
-def test_qos_grp_gres_counts_admitting_gangs():
-    lim = limits(partition_qos=False)
-    a = demand(uid=4242, account="team-b", qos="gpu1", partition="cpu", gpus=4)
-    b = demand(uid=4343, account="team-b", qos="gpu1", partition="cpu", gpus=4)
-    assert check_limits(a, lim) == (True, "")                           # 3 + 4 <= 8
-    ok, why = check_limits(b, lim, admitting=[a])                       # 3 + 4 + 4 > 8
-    assert not ok and why.startswith("QOSGrpGRES (QOS gpu1: GrpTRES=gres/gpu=8, 7 in use")
-    assert admit_in_order([("a", a), ("b", b)], lim) == [
-        ("a", True, ""), ("b", False, why)]
-
-
-def test_parent_account_limit_shared_by_sibling_accounts():
-    """research (GrpTRES=gres/gpu=16, 3 in use) is the parent of team-a and team-b: a gang
-    admitted for team-b counts against a team-a job. QOS normal sets no GPU limit."""
-    lim = limits(partition_qos=False)
-    mine = demand(uid=1001, account="team-a", qos="normal", partition="cpu", gpus=8)
-    theirs = demand(uid=1002, account="team-b", qos="normal", partition="cpu", gpus=8)
-    assert check_limits(mine, lim) == (True, "")                        # 3 + 8 <= 16
-    ok, why = check_limits(mine, lim, admitting=[theirs])               # 3 + 8 + 8 > 16
-    assert not ok and why.startswith("AssocGrpGRES (account research: GrpTRES=gres/gpu=16")
+@pytest.mark.parametrize("first, second, refusal", [
+    # QOS gpu1: GrpTRES=gres/gpu=8 with 3 in use: 3 + 4 fits, 3 + 4 + 4 does not
+    (dict(uid=4242, account="team-b", qos="gpu1", gpus=4),
+     dict(uid=4343, account="team-b", qos="gpu1", gpus=4),
+     "QOSGrpGRES (QOS gpu1: GrpTRES=gres/gpu=8, 7 in use"),
+    # research (GrpTRES=gres/gpu=16, 3 in use) is the parent of team-a and team-b: a gang
+    # admitted for team-b counts against a team-a job (QOS normal sets no GPU limit)
+    (dict(uid=1002, account="team-b", qos="normal", gpus=8),
+     dict(uid=1001, account="team-a", qos="normal", gpus=8),
+     "AssocGrpGRES (account research: GrpTRES=gres/gpu=16"),
     # team-b's own GrpJobs=2 (1 running): one more fits, a second does not
-    job = demand(uid=1002, account="team-b", qos="normal", partition="cpu")
-    assert check_limits(job, lim) == (True, "")
-    ok, why = check_limits(job, lim, admitting=[job])
-    assert not ok and why.startswith("AssocGrpJobsLimit (account team-b: GrpJobs=2")
+    (dict(uid=1002, account="team-b", qos="normal"), dict(uid=1002, account="team-b", qos="normal"),
+     "AssocGrpJobsLimit (account team-b: GrpJobs=2"),
+], ids=["qos-grp-gres", "parent-account-gres", "account-grp-jobs"])
+def test_admitting_gangs_count_against_group_limits(first, second, refusal):
+    lim = limits(partition_qos=False)
+    a, b = (demand(partition="cpu", **first), demand(partition="cpu", **second))
+    assert check_limits(a, lim) == (True, "") and check_limits(b, lim) == (True, "")
+    ok, why = check_limits(b, lim, admitting=[a])
+    assert not ok and why.startswith(refusal), why
+    assert admit_in_order([("a", a), ("b", b)], lim) == [("a", True, ""), ("b", False, why)]
 
 
 def test_qos_limit_hides_the_association_limit_of_the_same_kind():

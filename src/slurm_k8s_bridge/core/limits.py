@@ -493,31 +493,28 @@ def parse_job_demands(text: str) -> dict[str, tuple[str, JobDemand]]:
 
 # Slurm 22.05's reason names (slurm_protocol_defs.c job_reason_string), by kind of limit
 # and TRES; other TRES get the "Unknown" name, as in acct_policy.c _get_tres_state_reason.
-_REASONS: dict[str, dict[str, str]] = {
-    "qos_grp": {"cpu": "QOSGrpCpuLimit", "mem": "QOSGrpMemLimit", "node": "QOSGrpNodeLimit",
-                "billing": "QOSGrpBilling", "gres": "QOSGrpGRES", "": "QOSGrpUnknown"},
-    "qos_pj": {"cpu": "QOSMaxCpuPerJobLimit", "mem": "QOSMaxMemoryPerJob",
-               "node": "QOSMaxNodePerJobLimit", "billing": "QOSMaxBillingPerJob",
-               "gres": "QOSMaxGRESPerJob", "": "QOSMaxUnknownPerJob"},
-    "qos_pn": {"cpu": "QOSMaxCpuPerNode", "mem": "QOSMaxMemoryPerNode",
-               "billing": "QOSMaxBillingPerNode", "gres": "QOSMaxGRESPerNode",
-               "": "QOSMaxUnknownPerNode"},
-    "qos_pa": {"cpu": "MaxCpuPerAccount", "mem": "MaxMemoryPerAccount",
-               "node": "MaxNodePerAccount", "billing": "MaxBillingPerAccount",
-               "gres": "MaxGRESPerAccount", "": "MaxUnknownPerAccount"},
-    "qos_pu": {"cpu": "QOSMaxCpuPerUserLimit", "mem": "QOSMaxMemoryPerUser",
-               "node": "QOSMaxNodePerUserLimit", "billing": "QOSMaxBillingPerUser",
-               "gres": "QOSMaxGRESPerUser", "": "QOSMaxUnknownPerUser"},
-    "assoc_grp": {"cpu": "AssocGrpCpuLimit", "mem": "AssocGrpMemLimit",
-                  "node": "AssocGrpNodeLimit", "billing": "AssocGrpBilling",
-                  "gres": "AssocGrpGRES", "": "AssocGrpUnknown"},
-    "assoc_pj": {"cpu": "AssocMaxCpuPerJobLimit", "mem": "AssocMaxMemPerJob",
-                 "node": "AssocMaxNodePerJobLimit", "billing": "AssocMaxBillingPerJob",
-                 "gres": "AssocMaxGRESPerJob", "": "AssocMaxUnknownPerJob"},
-    "assoc_pn": {"cpu": "AssocMaxCpuPerNode", "mem": "AssocMaxMemPerNode",
-                 "billing": "AssocMaxBillingPerNode", "gres": "AssocMaxGRESPerNode",
-                 "": "AssocMaxUnknownPerNode"},
-}
+#: one row per kind of limit, one column per TRES ("-": Slurm has no name for it, the
+#: "(other)" one applies)
+_REASON_TABLE = """
+kind      cpu                    mem                 node                    billing                gres                (other)
+qos_grp   QOSGrpCpuLimit         QOSGrpMemLimit      QOSGrpNodeLimit         QOSGrpBilling          QOSGrpGRES          QOSGrpUnknown
+qos_pj    QOSMaxCpuPerJobLimit   QOSMaxMemoryPerJob  QOSMaxNodePerJobLimit   QOSMaxBillingPerJob    QOSMaxGRESPerJob    QOSMaxUnknownPerJob
+qos_pn    QOSMaxCpuPerNode       QOSMaxMemoryPerNode -                       QOSMaxBillingPerNode   QOSMaxGRESPerNode   QOSMaxUnknownPerNode
+qos_pa    MaxCpuPerAccount       MaxMemoryPerAccount MaxNodePerAccount       MaxBillingPerAccount   MaxGRESPerAccount   MaxUnknownPerAccount
+qos_pu    QOSMaxCpuPerUserLimit  QOSMaxMemoryPerUser QOSMaxNodePerUserLimit  QOSMaxBillingPerUser   QOSMaxGRESPerUser   QOSMaxUnknownPerUser
+assoc_grp AssocGrpCpuLimit       AssocGrpMemLimit    AssocGrpNodeLimit       AssocGrpBilling        AssocGrpGRES        AssocGrpUnknown
+assoc_pj  AssocMaxCpuPerJobLimit AssocMaxMemPerJob   AssocMaxNodePerJobLimit AssocMaxBillingPerJob  AssocMaxGRESPerJob  AssocMaxUnknownPerJob
+assoc_pn  AssocMaxCpuPerNode     AssocMaxMemPerNode  -                       AssocMaxBillingPerNode AssocMaxGRESPerNode AssocMaxUnknownPerNode
+"""
+
+
+def _reason_table(text: str) -> dict[str, dict[str, str]]:
+    header, *rows = (line.split() for line in text.strip().splitlines())
+    tres = [("" if name == "(other)" else name) for name in header[1:]]
+    return {row[0]: {t: n for t, n in zip(tres, row[1:]) if n != "-"} for row in rows}
+
+
+_REASONS: dict[str, dict[str, str]] = _reason_table(_REASON_TABLE)
 
 #: The options a limit comes from, for the explanation.
 _OPTION = {"qos_grp": "GrpTRES", "qos_pj": "MaxTRESPerJob", "qos_pn": "MaxTRESPerNode",
@@ -590,30 +587,27 @@ def check_limits(job: JobDemand, limits: SlurmLimits,
         who = f"user {who}"
 
     # -- pre-select: job counts, wall time -------------------------------------------
-    set_grp_jobs = set_jobs_pa = set_jobs_pu = set_wall = False
+    done: set[str] = set()   # the job-count limits a QOS earlier in the chain set
+    set_wall = False
     for qos in qos_chain:
-        if not set_grp_jobs and qos.grp_jobs.limit is not None:
-            set_grp_jobs = True
-            used = qos.grp_jobs.used + extra("qos", qos.name, "job")
-            if used >= qos.grp_jobs.limit:
-                return False, (f"QOSGrpJobsLimit (QOS {qos.name}: GrpJobs="
-                               f"{qos.grp_jobs.limit}, {used} running or being admitted)")
-        share_a = qos.account_share(job.account)
-        if not set_jobs_pa and share_a.max_jobs.limit is not None:
-            set_jobs_pa = True
-            used = share_a.max_jobs.used + extra("qos_acct", qos.name, job.account, "job")
-            if used >= share_a.max_jobs.limit:
-                return False, (f"MaxJobsPerAccount (QOS {qos.name}: MaxJobsPerAccount="
-                               f"{share_a.max_jobs.limit}, account {job.account} has {used} "
-                               "running or being admitted)")
-        share_u = qos.user_share(job.user_id)
-        if not set_jobs_pu and share_u.max_jobs.limit is not None:
-            set_jobs_pu = True
-            used = share_u.max_jobs.used + extra("qos_user", qos.name, job.user_id, "job")
-            if used >= share_u.max_jobs.limit:
-                return False, (f"QOSMaxJobsPerUserLimit (QOS {qos.name}: MaxJobsPerUser="
-                               f"{share_u.max_jobs.limit}, {who} has {used} running or "
-                               "being admitted)")
+        share_a, share_u = qos.account_share(job.account), qos.user_share(job.user_id)
+        # (limit, its count, the extra key of gangs being admitted, the refusal's words)
+        counts = (("grp_jobs", qos.grp_jobs, ("qos", qos.name, "job"),
+                   "QOSGrpJobsLimit (QOS {qos}: GrpJobs={limit}, {used} running or being admitted)"),
+                  ("jobs_pa", share_a.max_jobs, ("qos_acct", qos.name, job.account, "job"),
+                   "MaxJobsPerAccount (QOS {qos}: MaxJobsPerAccount={limit}, account {account} "
+                   "has {used} running or being admitted)"),
+                  ("jobs_pu", share_u.max_jobs, ("qos_user", qos.name, job.user_id, "job"),
+                   "QOSMaxJobsPerUserLimit (QOS {qos}: MaxJobsPerUser={limit}, {who} has {used} "
+                   "running or being admitted)"))
+        for name, count, key, words in counts:
+            if name in done or count.limit is None:
+                continue
+            done.add(name)
+            used = count.used + extra(*key)
+            if used >= count.limit:
+                return False, words.format(qos=qos.name, limit=count.limit, used=used,
+                                           account=job.account, who=who)
         if job.time_limit_min is not None and not set_wall and qos.max_wall_pj is not None:
             set_wall = True
             if job.time_limit_min > qos.max_wall_pj:
@@ -621,14 +615,14 @@ def check_limits(job: JobDemand, limits: SlurmLimits,
                                f"{qos.max_wall_pj} min, job asks {job.time_limit_min}; "
                                "never fits)")
     for depth, level in enumerate(chain):
-        if not set_grp_jobs and level.grp_jobs.limit is not None:
+        if "grp_jobs" not in done and level.grp_jobs.limit is not None:
             used = level.grp_jobs.used + extra("assoc", level.id, "job")
             if used >= level.grp_jobs.limit:
                 return False, (f"AssocGrpJobsLimit ({level.label}: GrpJobs="
                                f"{level.grp_jobs.limit}, {used} running or being admitted)")
         if depth > 0:
             continue
-        if not (set_jobs_pa or set_jobs_pu) and level.max_jobs.limit is not None:
+        if not done & {"jobs_pa", "jobs_pu"} and level.max_jobs.limit is not None:
             used = level.max_jobs.used + extra("assoc", level.id, "job")
             if used >= level.max_jobs.limit:
                 return False, (f"AssocMaxJobsLimit ({level.label}: MaxJobs="
@@ -661,17 +655,9 @@ def check_limits(job: JobDemand, limits: SlurmLimits,
                                f"admitted, job asks {req})")
         for kind, table, seen in (("qos_pj", qos.max_tres_pj, set_pj),
                                   ("qos_pn", qos.max_tres_pn, set_pn)):
-            for tres, limit in table.items():
-                if tres in seen:
-                    continue
-                seen.add(tres)
-                req = job.tres.get(tres, 0)
-                if kind == "qos_pn":
-                    req = -(-req // job.nodes)
-                if req > limit:
-                    return False, (f"{reason_name(kind, tres)} (QOS {qos.name}: "
-                                   f"{_OPTION[kind]}={_tres_text(tres, limit)}, job asks {req}"
-                                   f"{' per node' if kind == 'qos_pn' else ''}; never fits)")
+            why = _max_tres_refusal(kind, table, seen, job, f"QOS {qos.name}", claim=True)
+            if why:
+                return False, why
         for kind, share, seen, key, what in (
                 ("qos_pa", qos.account_share(job.account), set_pa, job.account,
                  f"account {job.account}"),
@@ -703,17 +689,30 @@ def check_limits(job: JobDemand, limits: SlurmLimits,
             continue
         for kind, table, seen in (("assoc_pj", level.max_tres_pj, set_pj),
                                   ("assoc_pn", level.max_tres_pn, set_pn)):
-            for tres, limit in table.items():
-                if tres in seen:
-                    continue
-                req = job.tres.get(tres, 0)
-                if kind == "assoc_pn":
-                    req = -(-req // job.nodes)
-                if req > limit:
-                    return False, (f"{reason_name(kind, tres)} ({level.label}: "
-                                   f"{_OPTION[kind]}={_tres_text(tres, limit)}, job asks {req}"
-                                   f"{' per node' if kind == 'assoc_pn' else ''}; never fits)")
+            why = _max_tres_refusal(kind, table, seen, job, level.label, claim=False)
+            if why:
+                return False, why
     return True, ""
+
+
+def _max_tres_refusal(kind: str, table: Mapping[str, int], seen: set[str], job: JobDemand,
+                      label: str, claim: bool) -> str:
+    """The refusal by a QOS's or an association's MaxTRESPerJob (``kind`` ``*_pj``) or
+    MaxTRESPerNode (``*_pn``) limits, or ""; the TRES in ``seen`` were set by a QOS earlier
+    in the chain (with ``claim``, a QOS takes the TRES it limits, hiding later ones)."""
+    per_node = kind.endswith("_pn")
+    for tres, limit in table.items():
+        if tres in seen:
+            continue
+        if claim:
+            seen.add(tres)
+        req = job.tres.get(tres, 0)
+        if per_node:
+            req = -(-req // job.nodes)
+        if req > limit:
+            return (f"{reason_name(kind, tres)} ({label}: {_OPTION[kind]}={_tres_text(tres, limit)}, "
+                    f"job asks {req}{' per node' if per_node else ''}; never fits)")
+    return ""
 
 
 K = TypeVar("K")

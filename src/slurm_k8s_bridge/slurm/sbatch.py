@@ -76,124 +76,45 @@ class OptionSpec:
         return self.same_as or self.name
 
 
-def _opt(name: str, has_arg: int, short: str | None = None, same_as: str | None = None) -> OptionSpec:
-    return OptionSpec(name, has_arg, short, same_as)
-
-
 #: Every option sbatch 22.05.8 accepts (slurm_opt.c ``common_options`` with a set function for
-#: sbatch; the same list as ``man sbatch``), plus this project's SPANK options.
-SBATCH_OPTIONS: tuple[OptionSpec, ...] = (
-    _opt("account", REQUIRED, "A"),
-    _opt("acctg-freq", REQUIRED),
-    _opt("array", REQUIRED, "a"),
-    _opt("batch", REQUIRED),
-    _opt("begin", REQUIRED, "b"),
-    _opt("bb", REQUIRED),
-    _opt("bbf", REQUIRED),
-    _opt("cluster-constraint", REQUIRED),
-    _opt("chdir", REQUIRED, "D"),
-    _opt("cluster", REQUIRED),
-    _opt("clusters", REQUIRED, "M"),
-    _opt("comment", REQUIRED),
-    _opt("container", REQUIRED),
-    _opt("context", REQUIRED),
-    _opt("contiguous", NONE),
-    _opt("constraint", REQUIRED, "C"),
-    _opt("core-spec", REQUIRED, "S"),
-    _opt("cores-per-socket", REQUIRED),
-    _opt("cpu-freq", REQUIRED),
-    _opt("cpus-per-gpu", REQUIRED),
-    _opt("cpus-per-task", REQUIRED, "c"),
-    _opt("deadline", REQUIRED),
-    _opt("delay-boot", REQUIRED),
-    _opt("dependency", REQUIRED, "d"),
-    _opt("distribution", REQUIRED, "m"),
-    _opt("error", REQUIRED, "e"),
-    _opt("exclude", REQUIRED, "x"),
-    _opt("exclusive", OPTIONAL),
-    _opt("export", REQUIRED),
-    _opt("export-file", REQUIRED),
-    _opt("extra-node-info", REQUIRED, "B"),
-    _opt("get-user-env", OPTIONAL),
-    _opt("gid", REQUIRED),
-    _opt("gpu-bind", REQUIRED),
-    _opt("gpu-freq", REQUIRED),
-    _opt("gpus", REQUIRED, "G"),
-    _opt("gpus-per-node", REQUIRED),
-    _opt("gpus-per-socket", REQUIRED),
-    _opt("gpus-per-task", REQUIRED),
-    _opt("gres", REQUIRED),
-    _opt("gres-flags", REQUIRED),
-    _opt("help", NONE, "h"),
-    _opt("hint", REQUIRED),
-    _opt("hold", NONE, "H"),
-    _opt("ignore-pbs", NONE),
-    _opt("input", REQUIRED, "i"),
-    _opt("job-name", REQUIRED, "J"),
-    _opt("kill-on-invalid-dep", REQUIRED),
-    _opt("licenses", REQUIRED, "L"),
-    _opt("mail-type", REQUIRED),
-    _opt("mail-user", REQUIRED),
-    _opt("mcs-label", REQUIRED),
-    _opt("mem", REQUIRED),
-    _opt("mem-bind", REQUIRED),
-    _opt("mem-per-cpu", REQUIRED),
-    _opt("mem-per-gpu", REQUIRED),
-    _opt("mincpus", REQUIRED),
-    _opt("network", REQUIRED),
-    _opt("nice", OPTIONAL),
-    _opt("no-kill", OPTIONAL, "k"),
-    _opt("no-requeue", NONE),
-    _opt("nodefile", REQUIRED, "F"),
-    _opt("nodelist", REQUIRED, "w"),
-    _opt("nodes", REQUIRED, "N"),
-    _opt("ntasks", REQUIRED, "n"),
-    _opt("ntasks-per-core", REQUIRED),
-    _opt("ntasks-per-gpu", REQUIRED),
-    _opt("ntasks-per-node", REQUIRED),
-    _opt("ntasks-per-socket", REQUIRED),
-    _opt("ntasks-per-tres", REQUIRED),
-    _opt("open-mode", REQUIRED),
-    _opt("output", REQUIRED, "o"),
-    _opt("overcommit", NONE, "O"),
-    _opt("oversubscribe", NONE, "s"),
-    _opt("parsable", NONE),
-    _opt("partition", REQUIRED, "p"),
-    _opt("power", REQUIRED),
-    _opt("prefer", REQUIRED),
-    _opt("priority", REQUIRED),
-    _opt("profile", REQUIRED),
-    _opt("propagate", OPTIONAL),
-    _opt("qos", REQUIRED, "q"),
-    _opt("quiet", NONE, "Q"),
-    _opt("reboot", NONE),
-    _opt("requeue", NONE),
-    _opt("reservation", REQUIRED),
-    _opt("signal", REQUIRED),
-    _opt("sockets-per-node", REQUIRED),
-    _opt("spread-job", NONE),
-    _opt("switches", REQUIRED),
-    _opt("tasks-per-node", REQUIRED, same_as="ntasks-per-node"),
-    _opt("test-only", NONE),
-    _opt("thread-spec", REQUIRED),
-    _opt("threads-per-core", REQUIRED),
-    _opt("time", REQUIRED, "t"),
-    _opt("time-min", REQUIRED),
-    _opt("tmp", REQUIRED),
-    _opt("uid", REQUIRED),
-    _opt("use-min-nodes", NONE),
-    _opt("verbose", NONE, "v"),
-    _opt("version", NONE, "V"),
-    _opt("usage", NONE),
-    _opt("wait", NONE, "W"),
-    _opt("wait-all-nodes", REQUIRED),
-    _opt("wckey", REQUIRED),
-    _opt("wrap", REQUIRED),
-    # SPANK options registered by spank_k8s.so
-    _opt("k8s-image", REQUIRED),
-    _opt("k8s-queue", REQUIRED),
-    _opt("k8s-priority", REQUIRED),
-)
+#: sbatch; the same list as ``man sbatch``), in that order: ``name`` takes no argument,
+#: ``name=`` a required one, ``name?`` an optional one; ``/X`` is the short option.
+_SBATCH_TABLE = """
+    account=/A acctg-freq= array=/a batch= begin=/b bb= bbf= cluster-constraint= chdir=/D
+    cluster= clusters=/M comment= container= context= contiguous constraint=/C core-spec=/S
+    cores-per-socket= cpu-freq= cpus-per-gpu= cpus-per-task=/c deadline= delay-boot=
+    dependency=/d distribution=/m error=/e exclude=/x exclusive? export= export-file=
+    extra-node-info=/B get-user-env? gid= gpu-bind= gpu-freq= gpus=/G gpus-per-node=
+    gpus-per-socket= gpus-per-task= gres= gres-flags= help/h hint= hold/H ignore-pbs input=/i
+    job-name=/J kill-on-invalid-dep= licenses=/L mail-type= mail-user= mcs-label= mem= mem-bind=
+    mem-per-cpu= mem-per-gpu= mincpus= network= nice? no-kill?/k no-requeue nodefile=/F
+    nodelist=/w nodes=/N ntasks=/n ntasks-per-core= ntasks-per-gpu= ntasks-per-node=
+    ntasks-per-socket= ntasks-per-tres= open-mode= output=/o overcommit/O oversubscribe/s
+    parsable partition=/p power= prefer= priority= profile= propagate? qos=/q quiet/Q reboot
+    requeue reservation= signal= sockets-per-node= spread-job switches= tasks-per-node=
+    test-only thread-spec= threads-per-core= time=/t time-min= tmp= uid= use-min-nodes verbose/v
+    version/V usage wait/W wait-all-nodes= wckey= wrap=
+"""
+#: the SPANK options registered by spank_k8s.so, in the same notation
+_SPANK_TABLE = "k8s-image= k8s-queue= k8s-priority="
+#: options sharing one meaning
+_SAME_AS = {"tasks-per-node": "ntasks-per-node"}
+_ARG_KINDS = {"=": REQUIRED, "?": OPTIONAL, "": NONE}
+
+
+def _options(table: str) -> tuple[OptionSpec, ...]:
+    out = []
+    for token in table.split():
+        spec, _, short = token.partition("/")
+        found = re.fullmatch(r"([a-z][a-z0-9-]*)([=?]?)", spec)
+        if not found:
+            raise ValueError(f"bad sbatch option table entry {token!r}")
+        name, kind = found.groups()
+        out.append(OptionSpec(name, _ARG_KINDS[kind], short or None, _SAME_AS.get(name)))
+    return tuple(out)
+
+
+SBATCH_OPTIONS: tuple[OptionSpec, ...] = _options(_SBATCH_TABLE) + _options(_SPANK_TABLE)
 
 _LONG = {spec.name: spec for spec in SBATCH_OPTIONS}
 _SHORT = {spec.short: spec for spec in SBATCH_OPTIONS if spec.short}

@@ -90,18 +90,15 @@ def _gpu_records(desc: _JobDesc) -> list[_GpuRecord]:
             out.append((record, count))
         return out
 
-    for record, count in each(desc.tres_per_job):
-        record.per_job = count
-        record.total = max(record.total, count)
-    for record, count in each(desc.tres_per_node):
-        record.per_node = count
-        record.total = max(record.total, count * desc.min_nodes if desc.min_nodes is not None else count)
-    for record, count in each(desc.tres_per_socket):
-        record.per_socket = count
-        record.total = max(record.total, count)
-    for record, count in each(desc.tres_per_task):
-        record.per_task = count
-        record.total = max(record.total, count * desc.num_tasks if desc.num_tasks is not None else count)
+    # (record field, descriptor value, multiplier giving the job-wide total or None)
+    sources = (("per_job", desc.tres_per_job, None),
+               ("per_node", desc.tres_per_node, desc.min_nodes),
+               ("per_socket", desc.tres_per_socket, None),
+               ("per_task", desc.tres_per_task, desc.num_tasks))
+    for attr, value, times in sources:
+        for record, count in each(value):
+            setattr(record, attr, count)
+            record.total = max(record.total, count * times if times is not None else count)
     return list(records.values())
 
 
