@@ -114,7 +114,10 @@ def hogs(jobs: Jobs) -> Hogs:
     before = kernel_log()
     outcomes = {p: jobs.run_to_end(p, "64M", HOG) for p in PARTITIONS}
     after = kernel_log()
-    kernel = None if before is None or after is None else after[len(before):]
+    # by content, not count: once the ring buffer is full, new lines push old ones out and
+    # the count stays the same (each line carries its own timestamp, so none repeats)
+    seen = set(before or ())
+    kernel = None if before is None or after is None else [ln for ln in after if ln not in seen]
     print("\nsbatch --mem=64M --wrap \"python3 -c 'x = bytearray(512 MiB)'\"")
     print(f"  {'partition':<14} {'job':>5}  {'JobState':<14} {'ExitCode':<9} output")
     for o in outcomes.values():
