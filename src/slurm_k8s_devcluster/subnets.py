@@ -18,6 +18,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 LOCK_DIR = Path("/run/slurm-k8s-bridge-devcluster")
@@ -54,6 +55,7 @@ def any_locked(prefix: str) -> bool:
     return False
 
 
+@dataclass(eq=False)
 class SubnetLock:
     """Ownership of one subnet number ``N`` of a kind of owner: ``LOCK_DIR/<prefix>N.lock``.
 
@@ -63,19 +65,17 @@ class SubnetLock:
     ``note``, the lock file holds ``<pid> <note>`` while locked (who holds it).
     """
 
-    def __init__(self, prefix: str, *, auto: Sequence[int], bridge_prefix: str, network: str,
-                 owner: str, kind: str, error: type[Exception],
-                 note: str | None = None) -> None:
-        self.prefix = prefix
-        self.auto = auto
-        self.bridge_prefix = bridge_prefix
-        self.network = network
-        self.owner = owner
-        self.kind = kind
-        self.error = error
-        self.note = note
-        self.fd: int | None = None
-        self.subnet: int | None = None
+    prefix: str
+    _: KW_ONLY
+    auto: Sequence[int]
+    bridge_prefix: str
+    network: str
+    owner: str
+    kind: str
+    error: type[Exception]
+    note: str | None = None
+    fd: int | None = field(default=None, init=False)
+    subnet: int | None = field(default=None, init=False)
 
     @property
     def held(self) -> bool:

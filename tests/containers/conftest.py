@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..paths import REPO
+
 SUITES = [s for s in os.environ.get("SLURM_K8S_IMAGE_SUITES", "bookworm,trixie").split(",") if s]
 #: Slurm's major.minor in each suite's images
 SLURM_OF_SUITE = {"bookworm": "22.05", "trixie": "24.11"}

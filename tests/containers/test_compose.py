@@ -40,9 +40,10 @@ import pytest
 
 from slurm_k8s_bridge.core.contract import JOB_ID_LABEL
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.containers
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "compose-cluster.sh"
 STATE = Path(os.environ.get("SLURM_K8S_COMPOSE_STATE", "/var/tmp/slurm-k8s-bridge-compose-test"))
 PROJECT = os.environ.get("SLURM_K8S_COMPOSE_PROJECT", "skbtest")

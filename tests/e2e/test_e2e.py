@@ -32,9 +32,10 @@ from kubernetes import client
 from slurm_k8s_devcluster.dev import DevCluster
 from slurm_k8s_devcluster.slurm import LocalSlurmCluster, _tail
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 USER = "bridgeuser"
 JOBS_NS = "slurm-jobs"
 ONE = ["-c1", "--mem=500"]

@@ -20,9 +20,10 @@ from kubernetes import client
 from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,10 @@ from slurm_k8s_devcluster.bridge import BridgeCluster
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
 from ..kube_env import DaemonRbac
+from ..paths import REPO, EXAMPLE_CONFIG as EXAMPLE
 
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
 SA_USER = f"system:serviceaccount:{DAEMON_NAMESPACE}:slurm-k8s-bridge"
 KUEUE_CRDS = Path.home() / ".cache" / "slurm-k8s-bridge" / "k8s"
 

@@ -39,11 +39,10 @@ from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
 from .. import fuzz_requests as fz
+from ..paths import REPO, EXAMPLE_CONFIG
 
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIG = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
 SAMPLE = int(os.environ.get("SKB_FUZZ_RENDER", "200"))
 SEED = int(os.environ.get("SKB_FUZZ_SEED", "20261207"))
 #: at most this many random requests are drawn to find SAMPLE accepted ones

@@ -44,11 +44,10 @@ from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
 from ..kube_env import DaemonRbac
 from .conftest import JOBS_NS
+from ..paths import REPO, EXAMPLE_CONFIG
 
 pytestmark = pytest.mark.k8s
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIG = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
 OTHER_NS = "not-for-slurm"
 LABEL = "slurm-k8s-bridge.io/"
 T = TypeVar("T")

@@ -35,9 +35,10 @@ from slurm_k8s_bridge.core import contract
 from slurm_k8s_bridge.slurm import plugin_build
 from slurm_k8s_bridge.slurm.plugin_build import build_plugins
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[2]
 FETCH = REPO / "scripts" / "fetch-slurm-headers.py"
 NETWORK_EXIT = 3  # fetch-slurm-headers.py: the mirror could not be reached
 

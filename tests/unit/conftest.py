@@ -8,8 +8,8 @@ import pytest
 
 from slurm_k8s_bridge.core.config import BridgeConfig, load_config
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIG = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
+from ..paths import REPO, EXAMPLE_CONFIG
+
 
 
 @pytest.fixture(scope="session")

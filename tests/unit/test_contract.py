@@ -12,9 +12,10 @@ import pytest
 
 from slurm_k8s_bridge.core import contract
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wire_values_are_pinned() -> None:

@@ -19,9 +19,10 @@ from slurm_k8s_bridge.kube.errors import KubeApiError
 from slurm_k8s_bridge.kube.transport import RetryPolicy, TokenBucket, _Reply, is_retryable
 from slurm_k8s_bridge.kube.rbac import render_rbac_yaml, required_rbac
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
 RBAC_YAML = REPO / "deploy" / "rbac.yaml"
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
 PRODUCT = REPO / "src" / "slurm_k8s_bridge"
 #: which side may import which (sides -> core, never core -> sides; daemon and cli on top)
 MAY_IMPORT = {

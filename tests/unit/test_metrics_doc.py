@@ -11,9 +11,10 @@ import pytest
 from slurm_k8s_bridge.daemon.metrics import DaemonMetrics
 from slurm_k8s_bridge.kube.metrics import ApiMetrics
 
+from ..paths import REPO
+
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def exported() -> dict[str, str]:

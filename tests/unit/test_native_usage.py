@@ -43,11 +43,10 @@ from slurm_k8s_bridge.kube.gpu_pods import (
 from slurm_k8s_bridge.slurm.records import SlurmNode
 
 from .test_mirror import k8s_node
+from ..paths import REPO, EXAMPLE_CONFIG as EXAMPLE
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "slurm_plugins" / "k8s-bridge.example.yaml"
 POD_READER_YAML = REPO / "deploy" / "rbac-native-gpu-usage.yaml"
 CONFIG = load_config(EXAMPLE)
 BRIDGE_LABELS = {"app.kubernetes.io/managed-by": "slurm-k8s-bridge",
