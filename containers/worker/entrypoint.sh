@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of the worker image: one bridged pod = one dynamic Slurm node.
 #
-#   worker-entrypoint                 start munged, then exec slurmd -D -Z (configless)
+#   worker-entrypoint                 start munged, then slurmd -D -Z (configless); on SIGTERM
+#                                     slurmd stays until no job step runs here
 #   worker-entrypoint --dry-run       check everything and print the slurmd command, start nothing
 #   worker-entrypoint -v ...          options starting with '-' are added to slurmd's
 #   worker-entrypoint CMD [ARGS...]   start munged, then exec CMD instead of slurmd
@@ -206,4 +207,22 @@ if [ "$node" != "${host%%.*}" ] || [ "$spool" != /var/spool/slurmd ]; then
 			"the node name and /var/spool/slurmd as SlurmdSpoolDir"
 fi
 k8sb_log "node $node: ${cmd[*]}"
-exec "${cmd[@]}"
+
+# The pod is deleted (a preemption, an eviction, the job's end): the kubelet sends SIGTERM,
+# then SIGKILL after terminationGracePeriodSeconds. slurmd stays while this node runs job
+# steps, so that a preempted job gets its --signal TIME and Slurm's requeue ends its steps
+# here as on its other nodes (never half a gang); then slurmd stops and the pod ends.
+steps_running() { grep -qsx slurmstepd /proc/[0-9]*/comm; }
+on_term() {
+	k8sb_log "SIGTERM: the pod is being deleted; slurmd stays while job steps run"
+	while steps_running; do sleep 1; done
+	kill -TERM "$slurmd_pid" 2>/dev/null || true
+}
+trap on_term TERM
+"${cmd[@]}" &
+slurmd_pid=$!
+while :; do   # wait returns early when the trap runs: wait for slurmd itself
+	rc=0
+	wait "$slurmd_pid" || rc=$?
+	kill -0 "$slurmd_pid" 2>/dev/null || exit "$rc"
+done

@@ -17,8 +17,12 @@ KWOK node it starts a real dynamic slurmd through ``LocalSlurmCluster.start_dyna
   slurmd's environment (``SLURM_K8S_JOB_ID``, ``SLURM_K8S_CLUSTER``, ``POD_NAME``, ...), as
   in the pod, so the SPANK plugin's pod-side half runs as it would there.
 
-The slurmd is stopped when its pod is gone, terminating, no longer Running, or replaced
-by another pod with the same hostname (a requeued job's new gang). The Slurm node itself is
+The slurmd is stopped when its pod is gone, no longer Running, or replaced by another pod
+with the same hostname (a requeued job's new gang). A pod being deleted keeps its slurmd
+as a real worker's entrypoint does (docs/pod-requirements.md): until its Slurm node runs no
+job any more, or its grace period (``deletionTimestamp``) is over. With an API client the
+stand-ins hold the pods with a finalizer (``GRACE_FINALIZER``) while they run, so that
+KWOK, which would remove a deleted pod at once, removes it only then. The Slurm node itself is
 left to the bridge daemon, exactly as when a real pod ends (its node stays in slurmctld
 until someone deletes it).
 
@@ -36,6 +40,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from slurm_k8s_bridge.core import contract
@@ -50,6 +55,12 @@ MANAGED_BY = "slurm-k8s-bridge"
 #: pod environment passed on to the stand-in slurmd (what the worker image's slurmd sees)
 POD_IDENTITY_ENV = ("SLURM_K8S_CLUSTER", "SLURM_K8S_JOB_ID", "SLURM_K8S_ARRAY_TASK_ID",
                     "SLURM_K8S_PARTITION", "SLURM_K8S_JOB_UID", "SLURM_K8S_JOB_GID")
+
+
+#: held on a pod while its stand-in runs (API client path): KWOK removes it after the stand-in
+GRACE_FINALIZER = "slurm-k8s-bridge.io/podsim-grace"
+#: Slurm node states of a slurmd that still runs (or ends) a job
+_BUSY = ("ALLOCATED", "MIXED", "COMPLETING")
 
 
 class PodSimError(RuntimeError):
@@ -146,6 +157,10 @@ class PodStandIns:
         with self._lock:
             for name in list(self._standins):
                 self._stop_one(name, "stand-ins stopped")
+        if not self._uses_cache:   # no pod may keep waiting for a stand-in that is gone
+            with contextlib.suppress(Exception):
+                for pod in self._pods_and_kwok_nodes()[0]:
+                    self._release(pod)
 
     def __enter__(self) -> PodStandIns:
         return self.start()
@@ -174,8 +189,10 @@ class PodStandIns:
         kwok = {(n.get("metadata") or {}).get("name") for n in nodes if _is_kwok(n)}
         return pods, {k for k in kwok if k}
 
-    def _wanted(self, pods: list[dict[str, Any]], kwok: set[str]) -> dict[str, dict[str, Any]]:
-        """hostname -> pod, for every live Running bridge pod on a KWOK node."""
+    def _wanted(self, pods: list[dict[str, Any]], kwok: set[str],
+                terminating: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+        """hostname -> pod, for every live Running bridge pod on a KWOK node; the Running
+        ones being deleted go into ``terminating`` instead."""
         out: dict[str, dict[str, Any]] = {}
         for pod in pods:
             meta = pod.get("metadata") or {}
@@ -184,12 +201,16 @@ class PodStandIns:
             if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or \
                     labels.get(CLUSTER_LABEL) != self.cluster_name:
                 continue
-            if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+            if (pod.get("status") or {}).get("phase") != "Running":
                 continue
             if spec.get("nodeName") not in kwok:
                 continue
             host = spec.get("hostname") or ""
             if not host:
+                continue
+            if meta.get("deletionTimestamp"):
+                if terminating is not None:
+                    terminating[host] = pod
                 continue
             out[host] = pod
         return out
@@ -198,12 +219,25 @@ class PodStandIns:
     def sync_once(self) -> None:
         """One round: start and stop stand-ins so they match the Running pods."""
         pods, kwok = self._pods_and_kwok_nodes()
-        wanted = self._wanted(pods, kwok)
+        terminating: dict[str, dict[str, Any]] = {}
+        wanted = self._wanted(pods, kwok, terminating)
+        for pod in pods:   # a finalizer of ours on a pod no stand-in serves: let it go
+            meta = pod.get("metadata") or {}
+            if meta.get("deletionTimestamp") and GRACE_FINALIZER in (meta.get("finalizers") or []) \
+                    and not any(s.uid == meta.get("uid") for s in self._standins.values()):
+                self._release(pod)
         with self._lock:
             for name, standin in list(self._standins.items()):
                 pod = wanted.get(name)
-                if pod is None or (pod.get("metadata") or {}).get("uid") != standin.uid:
-                    self._stop_one(name, "pod gone, terminating or replaced")
+                ending = terminating.get(name)
+                if ending is not None and (ending.get("metadata") or {}).get("uid") == standin.uid:
+                    if self._in_grace(name, ending):
+                        continue
+                    self._stop_one(name, "pod deleted: its grace period is over or its "
+                                         "node runs no job")
+                    self._release(ending)
+                elif pod is None or (pod.get("metadata") or {}).get("uid") != standin.uid:
+                    self._stop_one(name, "pod gone or replaced")
                 elif not self._alive(name):
                     self._stop_one(name, "slurmd exited")
                     self._failures[standin.uid] = self._failures.get(standin.uid, 0) + 1
@@ -220,6 +254,50 @@ class PodStandIns:
                     msg = f"{name} ({(pod.get('metadata') or {}).get('name')}): {exc}"
                     self.errors.append(msg)
                     LOG.warning("stand-in not started: %s", msg)
+
+    def _in_grace(self, name: str, pod: Mapping[str, Any]) -> bool:
+        """A deleted pod's worker stays while its node runs a job, within the grace period."""
+        deadline = (pod.get("metadata") or {}).get("deletionTimestamp")
+        try:
+            ends = datetime.fromisoformat(str(deadline).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+        if time.time() >= ends or not self._alive(name):
+            return False
+        try:
+            state = self.cluster.show_node(name).get("State", "")
+        except Exception:  # noqa: BLE001 - slurmctld busy: keep it this round
+            return True
+        return any(word in state for word in _BUSY)
+
+    def _hold(self, pod: Mapping[str, Any]) -> None:
+        """Put GRACE_FINALIZER on a pod whose stand-in starts (API client path only)."""
+        meta = pod.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if self._uses_cache or GRACE_FINALIZER in finalizers:
+            return
+        from kubernetes import client
+        patch = ([{"op": "add", "path": "/metadata/finalizers/-", "value": GRACE_FINALIZER}]
+                 if finalizers else
+                 [{"op": "add", "path": "/metadata/finalizers", "value": [GRACE_FINALIZER]}])
+        client.CoreV1Api(self.source).patch_namespaced_pod(
+            meta.get("name"), meta.get("namespace"), patch, _request_timeout=10)
+
+    def _release(self, pod: Mapping[str, Any]) -> None:
+        """Take GRACE_FINALIZER off a pod (KWOK, or the API server, then removes it)."""
+        meta = pod.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if self._uses_cache or GRACE_FINALIZER not in finalizers:
+            return
+        from kubernetes import client
+        index = finalizers.index(GRACE_FINALIZER)
+        patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": GRACE_FINALIZER},
+                 {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
+        try:
+            client.CoreV1Api(self.source).patch_namespaced_pod(
+                meta.get("name"), meta.get("namespace"), patch, _request_timeout=10)
+        except Exception as exc:  # noqa: BLE001 - gone already, or changed: next round
+            LOG.info("finalizer of %s not removed yet: %s", meta.get("name"), exc)
 
     def _alive(self, name: str) -> bool:
         proc = self.cluster._procs.get(f"slurmd:{name}")
@@ -256,6 +334,10 @@ class PodStandIns:
         self._standins[name] = StandIn(node=name, pod=f"{meta.get('namespace')}/{meta.get('name')}",
                                        uid=str(meta.get("uid") or ""), netns_index=index, conf=conf)
         self.history.append((time.time(), "start", name))
+        try:
+            self._hold(pod)
+        except Exception as exc:  # noqa: BLE001 - without it the pod just ends at once
+            self.errors.append(f"finalizer on {meta.get('name')}: {exc}")
         LOG.info("stand-in slurmd %s for pod %s (netns %d): %s", name, meta.get("name"), index, conf)
 
     def _stop_one(self, name: str, why: str) -> None:

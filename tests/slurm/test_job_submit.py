@@ -257,6 +257,37 @@ def test_cli_translate_matches_the_plugin(bc, case_id, script):
     bc.cluster.run(["scancel", str(job)], check=True)
 
 
+@pytest.mark.parametrize("given, expected", [("B:USR1@45", (10, 45, 1)), ("USR2", (12, 60, 0)),
+                                             ("R:15@0", (15, 0, 0x100))])
+def test_signal_reaches_the_stamp_as_sbatch_sends_it(bc, given, expected):
+    """``--signal`` as real sbatch encodes it (job_desc warn_signal/warn_time/warn_flags)
+    is what the plugin stamps and what ``translate`` reads; the pods' grace covers it."""
+    uid, gid = bc.cluster.ensure_user(USER)
+    options = ["-p", "gpu", "--qos=normal", "-N1", "--gres=gpu:1", f"--signal={given}"]
+    proc = sbatch(bc, options)
+    job = bc.submit_id(proc)
+    try:
+        stamped = SlurmJobRequest.from_stamp(bc.cluster.show_job(job)["AdminComment"])
+        assert (stamped.warn_signal, stamped.warn_time, stamped.warn_flags) == expected
+        from_cli = request_from_sbatch(TRAIN_SCRIPT, options, uid, gid)
+        assert (from_cli.warn_signal, from_cli.warn_time, from_cli.warn_flags) == expected
+        config = parse_config(bridge_config_data(), str(bc.config_path))
+        breq = normalize(stamped, config)
+        assert breq.preempt_signal == expected[0]
+        assert breq.termination_grace_seconds == expected[1] + config.kill_wait_seconds
+    finally:
+        bc.cluster.run(["scancel", str(job)], check=True)
+
+
+def test_a_bad_signal_gets_sbatchs_own_refusal_and_translate_says_the_same(bc):
+    from slurm_k8s_bridge.slurm.sbatch import BAD_SIGNAL
+    before = job_count(bc)
+    proc = sbatch(bc, ["-p", "gpu", "--signal=B:USR1@soon"])
+    assert proc.returncode != 0
+    assert f"sbatch: error: {BAD_SIGNAL}" in proc.stderr.splitlines()
+    assert job_count(bc) == before
+
+
 # -- load --------------------------------------------------------------------------------
 def test_slurmctld_survives_1000_bridged_submissions(bc):
     script = bc.cluster.write_script(TRAIN_SCRIPT)

@@ -141,6 +141,10 @@ class BridgeConfig:
     worker_image: str = "localhost/slurm-k8s-bridge-worker:bookworm"
     worker_command: tuple[str, ...] | None = None
     time_limit_grace_seconds: int = 300
+    #: Slurm's KillWait: seconds between the SIGTERM and the SIGKILL of a requeue
+    kill_wait_seconds: int = 30
+    #: the most a ``--signal`` TIME gives a preempted job before it is requeued
+    max_preempt_grace_seconds: int = 300
     default_mem_per_cpu_mb: int = 2048
     default_partition: str | None = None
     max_array_tasks: int = 1001
@@ -230,6 +234,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> BridgeCo
         worker_image=top.get("worker_image", _image, BridgeConfig.worker_image),
         worker_command=top.get_optional("worker_command", _command),
         time_limit_grace_seconds=top.get("time_limit_grace_seconds", _non_negative_int, 300),
+        kill_wait_seconds=top.get("kill_wait_seconds", _non_negative_int, 30),
+        max_preempt_grace_seconds=top.get("max_preempt_grace_seconds", _non_negative_int, 300),
         default_mem_per_cpu_mb=top.get("default_mem_per_cpu_mb", _memory_mb, 2048),
         default_partition=top.get_optional("default_partition", _partition_name),
         max_array_tasks=top.get("max_array_tasks", _positive_int, 1001),

@@ -54,6 +54,7 @@ from slurm_k8s_bridge.core.gpus import (
 from slurm_k8s_bridge.core.layout import _layout
 from slurm_k8s_bridge.core.request import (
     INFINITE,
+    KILL_JOB_BATCH,
     NOT_SET,
     UNLIMITED,
     BridgeRequest,
@@ -138,6 +139,7 @@ def normalize(req: SlurmJobRequest, config: BridgeConfig) -> BridgeRequest | Non
         node_gres=_node_gres(gpu, layout.gpus, chosen),
         node_features=_node_features(req.features, terms, chosen),
         spank_options=dict(req.spank_options),
+        **_preemption(req, config),
     )
 
 
@@ -233,6 +235,20 @@ def _tolerations(rule: PartitionRule, gpus: bool) -> tuple[Mapping[str, Any], ..
 
 
 # -- time and arrays --------------------------------------------------------------------
+
+def _preemption(req: SlurmJobRequest, config: BridgeConfig) -> dict[str, Any]:
+    """What a preempted or evicted pod's job gets: its ``--signal`` and that TIME of grace
+    (at most ``max_preempt_grace_seconds``) before the requeue; the pods' grace period
+    covers it and Slurm's KillWait after it."""
+    signal = given(req.warn_signal)
+    if not signal:
+        return {"termination_grace_seconds": config.kill_wait_seconds}
+    grace = min(given(req.warn_time) or 0, config.max_preempt_grace_seconds)
+    return {"preempt_signal": signal,
+            "preempt_signal_batch": bool((given(req.warn_flags) or 0) & KILL_JOB_BATCH),
+            "preempt_grace_seconds": grace,
+            "termination_grace_seconds": grace + config.kill_wait_seconds}
+
 
 def _time_limit(value: int | None) -> int | None:
     if value is None or value in NOT_SET:

@@ -209,6 +209,9 @@ def _pod_spec(name: str, breq: BridgeRequest, config: BridgeConfig, job_id: int,
     volumes, mounts = _volumes(config)
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # a preempted or evicted pod keeps running this long: the job's --signal TIME, then
+        # the requeue's SIGTERM..SIGKILL (KillWait); the worker stays up until its steps end
+        "terminationGracePeriodSeconds": breq.termination_grace_seconds,
         "subdomain": name,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,

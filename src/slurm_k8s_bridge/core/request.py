@@ -33,6 +33,9 @@ NO_VAL = 0xFFFFFFFE
 NO_VAL16 = 0xFFFE
 NO_VAL64 = 0xFFFFFFFFFFFFFFFE
 INFINITE = 0xFFFFFFFF
+#: job_desc->warn_flags bits (slurm.h): ``B:`` and ``R:`` of ``--signal``
+KILL_JOB_BATCH = 0x1
+KILL_JOB_RESV = 0x100
 NOT_SET = frozenset({NO_VAL, NO_VAL16, NO_VAL64})
 
 
@@ -83,6 +86,11 @@ class SlurmJobRequest:
     het_job_offset: int | None = None
     work_dir: str | None = None
     submit_line: str | None = None
+    #: ``--signal=[{R|B}:]SIG[@TIME]``: the signal number, the seconds before the end it is
+    #: sent, and Slurm's flags (``KILL_JOB_BATCH``: to the batch shell only; ``KILL_JOB_RESV``)
+    warn_signal: int | None = None
+    warn_time: int | None = None
+    warn_flags: int | None = None
     #: bridge bookkeeping, not a job_desc field: the owner put their own hold on the job
     #: (``scontrol hold``), recorded by job_modify; the bridge creates no pods meanwhile
     user_hold: bool = False
@@ -228,6 +236,14 @@ class BridgeRequest:
     node_gres: str = ""
     node_features: tuple[str, ...] = ()
     spank_options: Mapping[str, str] = field(default_factory=dict)
+    #: what the job gets when Kubernetes takes one of its pods away (preemption, eviction):
+    #: its ``--signal`` (number; to the batch shell only with ``B:``) and the seconds it has
+    #: before the bridge requeues it. Without ``--signal``: None, 0 (the requeue's SIGTERM).
+    preempt_signal: int | None = None
+    preempt_signal_batch: bool = False
+    preempt_grace_seconds: int = 0
+    #: the pods' terminationGracePeriodSeconds: that grace plus Slurm's KillWait
+    termination_grace_seconds: int = 30
 
     @property
     def is_array(self) -> bool:

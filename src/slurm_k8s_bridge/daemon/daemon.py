@@ -38,9 +38,12 @@ from slurm_k8s_bridge.daemon.plan import (
     HoldJob,
     NodesDown,
     PinAndRelease,
+    RequeueJob,
     SetComment,
+    SignalJob,
     World,
     plan,
+    preemption,
 )
 from slurm_k8s_bridge.core.limits import admit_in_order
 from slurm_k8s_bridge.daemon.mirror import (
@@ -89,6 +92,7 @@ class BridgeDaemon:
         self.max_admitting = max_admitting
         self.reserve_after = reserve_after    # plan(): a parked gang's turn is kept after this
         self._finished_since: dict[GangKey, float] = {}   # monotonic time first seen ended
+        self._preempting_since: dict[GangKey, float] = {}  # first seen being preempted
         self._start_failures: dict[GangKey, int] = {}     # gangs failed before the job ran
         self.poll_interval = poll_interval
         self.metrics = DaemonMetrics(leader_election=leader is not None)
@@ -112,7 +116,7 @@ class BridgeDaemon:
             if gang is not None:
                 gangs[gang.key] = gang
         self._gangs = gangs
-        jobs = self._requests(self._apply_limits(jobs, gangs), gangs)
+        jobs = self._signals(self._requests(self._apply_limits(jobs, gangs), gangs), gangs)
         # every phase always present: stable series for dashboards and alerts
         phases = {"waiting": 0, "admitting": 0, "running": 0, "finished": 0}
         for job in jobs:
@@ -125,6 +129,9 @@ class BridgeDaemon:
         now = time.monotonic()
         ended = {job.key for job in jobs if job.state in FINISHED}
         self._finished_since = {key: self._finished_since.get(key, now) for key in ended}
+        preempted = {job.key for job in jobs if job.signal is not None
+                     or preemption(job, gangs.get(job.key))}
+        self._preempting_since = {k: self._preempting_since.get(k, now) for k in preempted}
         started = {name: t for name in nodes
                    if (t := _slurm_time(self._slurm_nodes[name].slurmd_start)) is not None}
         problems = {name: self._slurm_nodes[name].reason or "drained"
@@ -135,6 +142,7 @@ class BridgeDaemon:
                      start_failures={k: n for k, n in self._start_failures.items()
                                      if k in {job.key for job in jobs}},
                      finished_for={k: now - t for k, t in self._finished_since.items()},
+                     preempting_for={k: now - t for k, t in self._preempting_since.items()},
                      lost_k8s_nodes=lost_nodes(self.kube.nodes()),
                      api_problem=self.kube.api_problem(),
                      now=datetime.now(timezone.utc))
@@ -159,6 +167,27 @@ class BridgeDaemon:
         for job in jobs:
             ok, why = verdicts.get(job.key, (True, ""))
             out.append(job if ok else replace(job, eligible=False, wait_reason=why))
+        return out
+
+    def _signals(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]) -> list[BridgedJob]:
+        """The ``--signal`` of each running job that Kubernetes is preempting, from its
+        request under the current configuration (``BridgeRequest.preempt_*``)."""
+        out = []
+        for job in jobs:
+            record = self._records.get(job.key)
+            if record is None or not preemption(job, gangs.get(job.key)):
+                out.append(job)
+                continue
+            try:
+                breq = normalize(record.request(), self.config)
+            except Exception as exc:  # noqa: BLE001 - no signal then; the requeue still comes
+                LOG.warning("request not readable for the preemption signal",
+                            extra={"job": job.key.slurm_id, "error": str(exc)})
+                breq = None
+            if breq is not None and breq.preempt_signal:
+                job = replace(job, signal=(breq.preempt_signal, breq.preempt_signal_batch,
+                                           breq.preempt_grace_seconds))
+            out.append(job)
         return out
 
     def _requests(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]) -> list[BridgedJob]:
@@ -204,6 +233,15 @@ class BridgeDaemon:
             self.slurm.hold(action.key.slurm_id)  # JobHeldUser: the bridge's own hold
             self._event(action.key, "Held", f"Slurm job {action.key.slurm_id} held for the "
                         f"bridge: {action.why}", "Warning")
+        elif isinstance(action, SignalJob):
+            self.slurm.signal_job(action.key.slurm_id, action.signal, action.batch)
+            self._event(action.key, "Preempting", f"Slurm job {action.key.slurm_id}: signal "
+                        f"{action.signal} sent{' to the batch shell' if action.batch else ''}: "
+                        f"{action.why}", "Warning")
+        elif isinstance(action, RequeueJob):
+            self.slurm.requeue(action.key.slurm_id)
+            self._event(action.key, "Requeued", f"Slurm job {action.key.slurm_id} requeued: "
+                        f"{action.why}", "Warning")
         elif isinstance(action, NodesDown):
             self.slurm.node_down(list(action.nodes), action.why[:200])
         elif isinstance(action, DeleteGang):

@@ -127,6 +127,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         problem = f"{status['reason']}: {status.get('message', '')}".strip(": ")
         failed = True
     disruption = conditions.get("DisruptionTarget") or {}
+    disrupted = ""
     if disruption.get("status") == "True":
         # Kubernetes says why it is taking the pod away (preemption, eviction, ...):
         # that, not "deleted", is what the job's comment must tell
@@ -135,7 +136,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         if spec.get("priority") is not None:
             words += f" (the pod's priority {spec.get('priority')})"
         message = str(disruption.get("message") or "").strip()
-        problem = f"{words}: {message}" if message else words
+        problem = disrupted = f"{words}: {message}" if message else words
         failed = True
     if phase == "Succeeded":
         failed, problem = True, problem or "pod exited (Succeeded) while the job was running"
@@ -148,7 +149,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
                    scheduled=scheduled, node_name=spec.get("nodeName") or "",
                    problem=problem, failed=failed,
                    terminating=bool(meta.get("deletionTimestamp")),
-                   started=_k8s_time(started))
+                   started=_k8s_time(started), disrupted=disrupted)
 
 
 def _k8s_time(value: Any) -> datetime | None:

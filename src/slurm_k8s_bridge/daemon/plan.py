@@ -20,6 +20,7 @@ Safety rules that the tests pin down:
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +73,9 @@ class BridgedJob:
     request: BridgeRequest | None = None
     #: why it cannot be admitted under the current configuration (then ``request`` is None)
     request_problem: str = ""
+    #: a running job whose pod Kubernetes is taking away: its ``--signal`` as (number, to the
+    #: batch shell only, seconds of grace); None without one (``BridgeRequest.preempt_*``)
+    signal: tuple[int, bool, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class PodInfo:
     failed: bool = False              # evicted, OOM-killed, container exited, deleted
     terminating: bool = False
     started: datetime | None = None   # container start (else pod start), aware
+    #: Kubernetes is taking the pod away (its DisruptionTarget condition: preemption,
+    #: eviction, taint manager): why, in the bridge's words
+    disrupted: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class World:
     api_problem: str = ""
     #: the time of this observation (aware; gang ages are measured against it)
     now: datetime | None = None
+    #: running jobs being preempted (``preemption``): seconds since that was first seen
+    preempting_for: Mapping[GangKey, float] = field(default_factory=dict)
 
 
 # -- actions ---------------------------------------------------------------------------
@@ -175,6 +184,26 @@ class DeleteNodes:
 
 
 @dataclass(frozen=True)
+class SignalJob:
+    """A preempted job's ``--signal``: ``scancel --signal`` to its steps, or to the batch
+    shell only (``B:``)."""
+
+    key: GangKey
+    signal: int
+    batch: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class RequeueJob:
+    """``scontrol requeue``: Slurm stops every step of the job (SIGTERM, SIGKILL after
+    KillWait) on all its nodes and queues it again; the bridge then replaces its gang."""
+
+    key: GangKey
+    why: str
+
+
+@dataclass(frozen=True)
 class FailJob:
     """End a job Slurm can no longer run correctly; ``why`` goes into its comment."""
 
@@ -183,7 +212,7 @@ class FailJob:
 
 
 Action = Union[CreateGang, DeleteGang, SetComment, PinAndRelease, HoldJob, NodesDown,
-               DeleteNodes, FailJob]
+               DeleteNodes, FailJob, SignalJob, RequeueJob]
 
 #: Why a PENDING job that still has a NodeList, none of whose nodes can report, is ended.
 STALE_REQUEUE = ("Slurm could not finish requeuing it: every pod of its previous run was lost, "
@@ -395,7 +424,8 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
         if failure:
             out.admitting += 1
             tries = world.start_failures.get(job.key, 0) + 1
-            out.add(DeleteGang(job.key, gang.namespace, gang.name, failure, failed_start=True))
+            out.add(DeleteGang(job.key, gang.namespace, gang.name, failure,
+                               failed_start=not any(p.disrupted for p in gang.pods)))
             if tries >= MAX_START_FAILURES:
                 out.add(FailJob(job.key, f"its pods failed {tries} times before it could start; "
                                          f"last: {failure}"))
@@ -455,12 +485,64 @@ def _running(job: BridgedJob, gang: Gang | None, world: World, out: Plan) -> Non
     FINISHED rule removes everything.
     """
     hosts, failure = _lost_hosts(job, gang, world)
+    why = preemption(job, gang)
+    if why and gang is not None:
+        disrupted = {p.hostname for p in gang.pods if p.disrupted}
+        if gang.waiting_admission or set(hosts) <= disrupted:
+            _preempt(job, why, world, out)
+            return
     if not hosts:
         return
     down = tuple(n for n in hosts if _alive(world.slurm_nodes.get(n)))
     if down:
         out.add(NodesDown(down, f"k8s: {failure}"))
     _comment(job, out, f"{'requeuing' if job.requeue else 'failed'}: {failure}")
+
+
+def preemption(job: BridgedJob, gang: Gang | None) -> str:
+    """Why Kubernetes is taking a running job's pods away, "" when it is not: a pod of the
+    job's with a DisruptionTarget condition (kube-scheduler preemption, the Eviction API,
+    the taint manager), or its Job suspended again by the gang backend (Kueue preemption)."""
+    if gang is None or job.state not in ACTIVE:
+        return ""
+    if gang.waiting_admission:
+        return f"preempted by its gang scheduler: {gang.waiting_admission}"
+    mine = set(job.nodes)
+    return next((p.disrupted for p in gang.pods if p.disrupted and
+                 (not mine or p.hostname in mine)), "")
+
+
+def _preempt(job: BridgedJob, why: str, world: World, out: Plan) -> None:
+    """What Slurm does to a job it preempts with a grace time, on behalf of Kubernetes: the
+    job's ``--signal`` at once, its TIME to finish (a checkpoint), then the requeue (all its
+    steps end on every node; no part of the gang goes on alone), or, for a ``--no-requeue``
+    job, its nodes down (NODE_FAIL: a client cannot set Slurm's PREEMPTED state)."""
+    marker = COMMENT_PREFIX + "preempting: "
+    grace = job.signal[2] if job.signal else 0
+    if job.signal and not job.comment.startswith(marker):
+        out.add(SignalJob(job.key, job.signal[0], job.signal[1], why))
+    if world.preempting_for.get(job.key, 0.0) < grace:
+        target = "the batch shell" if job.signal and job.signal[1] else "its steps"
+        name = _signal_name(job.signal[0]) if job.signal else ""
+        _comment(job, out, f"preempting: {why}; {name} sent to {target}, {grace}s to finish")
+        return
+    if job.state == "COMPLETING":
+        return          # the requeue (or the job's own end) is under way
+    if job.requeue:
+        out.add(RequeueJob(job.key, why))
+        _comment(job, out, f"requeuing: {why}")
+        return
+    down = tuple(n for n in job.nodes if _alive(world.slurm_nodes.get(n)))
+    if down:
+        out.add(NodesDown(down, f"k8s: {why}"))
+    _comment(job, out, f"failed: {why}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan,

@@ -197,6 +197,12 @@ class SlurmClient:
         ``requeue_hold``."""
         self.scontrol("requeue", _job_ref(job))
 
+    def signal_job(self, job: JobRef, signal: int, batch: bool = False) -> None:
+        """``scancel --signal``: to the job's steps (Slurm's ``--signal`` without ``B:``), or
+        with ``batch`` to the batch shell only (``B:``)."""
+        self.run(["scancel", f"--signal={int(signal)}", *(["--batch"] if batch else []),
+                  _job_ref(job)])
+
     def requeue_hold(self, job: JobRef, unpin: bool = True) -> None:
         """``scontrol requeuehold``: back to PENDING at priority 0 (reason "job requeued in
         held state"); with ``unpin`` the ReqNodeList of the old pods is cleared."""

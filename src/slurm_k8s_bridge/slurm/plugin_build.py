@@ -148,6 +148,7 @@ def _job_desc_cdef(headers: SlurmHeaders) -> str:
         "uint32_t min_nodes;", "uint32_t max_nodes;", "uint16_t ntasks_per_node;",
         "uint16_t ntasks_per_tres;",
         "uint64_t pn_min_memory;",
+        "uint16_t warn_flags;", "uint16_t warn_signal;", "uint16_t warn_time;",
     ]
     if headers.version < (25, 11, 0):
         fields.append("uint32_t job_id;")

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal as _signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from slurm_k8s_bridge.core.errors import SbatchRefusal as BridgeRefusal
 from slurm_k8s_bridge.core.errors import shown
 from slurm_k8s_bridge.core.contract import SPANK_OPTIONS
-from slurm_k8s_bridge.core.request import UNLIMITED, SlurmJobRequest
+from slurm_k8s_bridge.core.request import KILL_JOB_BATCH, KILL_JOB_RESV, UNLIMITED, SlurmJobRequest
 from slurm_k8s_bridge.slurm.sbatch_values import (
     BAD_GRES,
     BAD_OPTION,
@@ -385,6 +386,43 @@ def _set_time(opts: _SbatchOptions, text: str, _v: str | None) -> None:
     opts.time_limit = UNLIMITED if minutes == 0 else minutes
 
 
+#: the names Slurm 22.05's ``sig_name2num`` knows (with or without ``SIG``, any case)
+_SIGNAL_NAMES = ("HUP", "INT", "QUIT", "ABRT", "KILL", "ALRM", "TERM", "USR1", "USR2", "URG",
+                 "CONT", "STOP", "TSTP", "TTIN", "TTOU")
+BAD_SIGNAL = "Invalid --signal specification"
+
+
+def parse_signal(text: str) -> tuple[int, int, int]:
+    """``[{R|B}:]SIG[@TIME]`` as sbatch's ``get_signal_opts``: (signal, seconds, flags);
+    TIME defaults to 60; ``B`` sets ``KILL_JOB_BATCH``, ``R`` ``KILL_JOB_RESV``."""
+    flags = 0
+    rest = text
+    for letter, bit in (("R", KILL_JOB_RESV), ("B", KILL_JOB_BATCH), ("R", KILL_JOB_RESV)):
+        if rest[:1].upper() == letter:
+            flags |= bit
+            rest = rest[1:]
+    if rest.startswith(":"):
+        rest = rest[1:]
+    name, at, when = rest.partition("@")
+    if name.isdigit():
+        number = int(name)
+    else:
+        word = name.upper()
+        word = word[3:] if word.startswith("SIG") else word
+        number = int(getattr(_signal, f"SIG{word}")) if word in _SIGNAL_NAMES else 0
+    if not 1 <= number <= 0xFFFF:
+        raise BridgeRefusal(BAD_SIGNAL, BAD_OPTION)
+    if not at:
+        return number, 60, flags
+    if not when.isdigit() or int(when) > 0xFFFF:
+        raise BridgeRefusal(BAD_SIGNAL, BAD_OPTION)
+    return number, int(when), flags
+
+
+def _set_signal(opts: _SbatchOptions, text: str, _v: str | None) -> None:
+    opts.warn_signal, opts.warn_time, opts.warn_flags = parse_signal(text)
+
+
 def _set_gres(opts: _SbatchOptions, text: str, _v: str | None) -> None:
     if text.lower() in ("help", "list"):
         raise BridgeRefusal("--gres=help does not submit a job", BAD_OPTION)
@@ -463,6 +501,7 @@ _SETTERS: dict[str, _Setter] = {
     "qos": _string_setter("qos"),
     "sockets-per-node": _int_setter("sockets_per_node", "--sockets-per-node"),
     "threads-per-core": _int_setter("threads_per_core", "--threads-per-core"),
+    "signal": _set_signal,
     "time": _set_time,
     "wrap": _set_wrap,
     **{name: _set_spank(name) for name in SPANK_OPTIONS},
@@ -536,6 +575,7 @@ def _job_desc(opts: _SbatchOptions, script_name: str | None) -> _JobDesc:
         array_inx=opts.array_inx, work_dir=opts.chdir,
         cpus_per_task=opts.cpus_per_task, ntasks_per_node=opts.ntasks_per_node,
         time_limit=opts.time_limit, shared=opts.shared, spank_options=dict(opts.spank),
+        warn_signal=opts.warn_signal, warn_time=opts.warn_time, warn_flags=opts.warn_flags,
     )
     if opts.ntasks_set:
         desc.num_tasks = opts.ntasks

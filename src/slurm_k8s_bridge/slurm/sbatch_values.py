@@ -368,6 +368,9 @@ class _SbatchOptions:
     gres: str | None = None
     shared: int | None = None
     time_limit: int | None = None
+    warn_signal: int | None = None
+    warn_time: int | None = None
+    warn_flags: int | None = None
     sockets_per_node: int | None = None
     cores_per_socket: int | None = None
     threads_per_core: int | None = None
