@@ -58,7 +58,7 @@ POD_IDENTITY_ENV = ("SLURM_K8S_CLUSTER", "SLURM_K8S_JOB_ID", "SLURM_K8S_ARRAY_TA
 
 
 #: held on a pod while its stand-in runs (API client path): KWOK removes it after the stand-in
-GRACE_FINALIZER = "slurm-k8s-bridge.io/podsim-grace"
+GRACE_FINALIZER = contract.LABEL_PREFIX + "podsim-grace"
 #: Slurm node states of a slurmd that still runs (or ends) a job
 _BUSY = ("ALLOCATED", "MIXED", "COMPLETING")
 
