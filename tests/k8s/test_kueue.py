@@ -141,11 +141,16 @@ class Env:
         w = self.workload_of(namespace, job_name)
         return w is not None and _condition(w, "Admitted") == "True"
 
-    def native_job(self, name: str, gpus: int = 8, complete_after: str = "12s") -> str:
+    def native_job(self, name: str, gpus: int = 8, complete_after: str = "12s",
+                   priority_class: str | None = None) -> str:
         """A Kubernetes-native Job (no bridge labels) in LocalQueue infer: one pod holding
-        ``gpus`` GPUs, which KWOK completes ``complete_after`` after it starts."""
+        ``gpus`` GPUs, which KWOK completes ``complete_after`` after it starts; with
+        ``priority_class``, of that WorkloadPriorityClass."""
+        labels = {QUEUE_LABEL: "infer"}
+        if priority_class:
+            labels["kueue.x-k8s.io/priority-class"] = priority_class
         body = {"apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": name, "namespace": NATIVE_NS, "labels": {QUEUE_LABEL: "infer"}},
+                "metadata": {"name": name, "namespace": NATIVE_NS, "labels": labels},
                 "spec": {"suspend": True, "backoffLimit": 0, "template": {
                     "metadata": {"annotations": {KWOK_COMPLETE: complete_after}},
                     "spec": {"restartPolicy": "Never", "containers": [{
@@ -193,9 +198,14 @@ def queues(kueue: LocalKueue) -> LocalKueue:
     for ns in (JOBS_NS, NATIVE_NS):
         kueue.kube.ensure_namespace(ns)
     objects = gpu_queues(JOBS_NS, gpus=QUOTA)
+    # within the ClusterQueue, a Workload of a higher WorkloadPriorityClass preempts
+    objects[1]["spec"]["preemption"] = {"withinClusterQueue": "LowerPriority"}
     infer = copy.deepcopy(objects[-1])
     infer["metadata"] = {"name": "infer", "namespace": NATIVE_NS}
-    kueue.apply_queues([*objects, infer])
+    high = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "WorkloadPriorityClass",
+            "metadata": {"name": "serve-high"}, "value": 1000,
+            "description": "inference that may preempt batch"}
+    kueue.apply_queues([*objects, infer, high])
     return kueue
 
 
@@ -282,6 +292,49 @@ def test_native_and_slurm_jobs_compete_for_one_cluster_queue(env: Env) -> None:
     env.wait_state(second, {"RUNNING", "COMPLETING", "COMPLETED"}, 90)
     env.wait_state(second, FINISHED, 60)
     env.ensure(env.state(second) == "COMPLETED", f"job {second} ended {env.state(second)}")
+
+
+def test_kueue_preemption_gives_the_slurm_job_its_signal_then_requeues_it_whole(env: Env) -> None:
+    """A native Job of WorkloadPriorityClass serve-high needs 8 GPUs of a ClusterQueue a
+    running Slurm gang (priority 0) fills: Kueue evicts the gang's Workload and suspends its
+    Job. The batch shell gets ``--signal=B:USR1@8`` at once (its trap writes a checkpoint
+    line), the job runs on for its 8 s, then Slurm requeues the whole job (Restarts=1); the
+    native Job runs, and the Slurm job is admitted again and resumes to COMPLETED."""
+    script = ('if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then echo "resumed"; exit 0; fi; '
+              "trap 'echo \"checkpoint $(date +%s)\"' USR1; "
+              "srun sleep 120 & wait; wait")
+    job = env.submit(*gang(2), "--signal=B:USR1@8", "--open-mode=append", "-o",
+                     "kueue-signal-%j.out", "--wrap", script)
+    out = env.cluster.jobs_dir / f"kueue-signal-{job}.out"
+    try:
+        env.wait_state(job, {"RUNNING"}, 90)
+        env.wait(lambda: f"{job}.0" in env.cluster.run(["squeue", "-h", "-s", "-j", str(job)]).stdout,
+                 30, f"job {job}'s srun step")
+        native = env.native_job("llm-urgent", priority_class="serve-high")
+        comment = env.wait(lambda: "preempting:" in (c := env.comment(job)) and c, 60,
+                           f"job {job}'s comment saying Kueue preempts it")
+        env.ensure("kueue: evicted" in comment and "SIGUSR1 sent to the batch shell, 8s to finish"
+                   in comment, comment)
+        line = env.wait(lambda: next((ln for ln in (out.read_text() if out.exists() else "")
+                                      .splitlines() if ln.startswith("checkpoint ")), None),
+                        30, f"the checkpoint line of job {job}")
+        signalled = int(line.split()[1])
+        env.ensure(env.state(job) == "RUNNING", f"job {job} {env.state(job)} within its grace")
+        env.wait(lambda: env.cluster.show_job(job).get("Restarts") == "1", 60,
+                 f"job {job} requeued after its grace")
+        requeued = time.time()
+        print(f"\nKueue preemption: signal at {signalled}, requeue seen "
+              f"{requeued - signalled:.1f}s later; comment {comment!r}")
+        env.ensure(requeued - signalled >= 7, f"requeued {requeued - signalled:.1f}s after the "
+                   "signal: the 8 s grace was not given")
+        env.wait(lambda: env.admitted(NATIVE_NS, native), 90, "Kueue admits the native Job")
+        env.wait(lambda: env.native_done(native), 90, "the native Job completes")
+        env.wait_state(job, FINISHED, 150)
+        text = out.read_text() if out.exists() else ""
+        env.ensure(env.state(job) == "COMPLETED" and "resumed" in text,
+                   f"job {job}: {env.state(job)}; output: {text[-2000:]}")
+    finally:
+        env.cluster.run(["scancel", str(job)])
 
 
 def test_the_documented_site_example_is_accepted_by_kueue(env: Env) -> None:

@@ -159,7 +159,7 @@ def test_preemption_is_seen_only_for_running_jobs_and_kueue_suspension_counts() 
     assert preemption(pending, gang) == ""
     suspended = Gang(key=KEY, namespace="n", name="slurm-301", pods=(_pod(0), _pod(1)), size=2,
                      waiting_admission="kueue: Preempted to accommodate a higher priority workload")
-    assert preemption(job, suspended).startswith("preempted by its gang scheduler: kueue:")
+    assert preemption(job, suspended).startswith("preempted by its gang scheduler, kueue:")
     assert RequeueJob(KEY, preemption(job, suspended)) in _actions(
         World(jobs=[job], gangs={KEY: suspended}, slurm_nodes={h: "ALLOCATED" for h in HOSTS}))
 

@@ -425,7 +425,8 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
             out.admitting += 1
             tries = world.start_failures.get(job.key, 0) + 1
             out.add(DeleteGang(job.key, gang.namespace, gang.name, failure,
-                               failed_start=not any(p.disrupted for p in gang.pods)))
+                               failed_start=not (gang.waiting_admission or
+                                                 any(p.disrupted for p in gang.pods))))
             if tries >= MAX_START_FAILURES:
                 out.add(FailJob(job.key, f"its pods failed {tries} times before it could start; "
                                          f"last: {failure}"))
@@ -505,8 +506,8 @@ def preemption(job: BridgedJob, gang: Gang | None) -> str:
     the taint manager), or its Job suspended again by the gang backend (Kueue preemption)."""
     if gang is None or job.state not in ACTIVE:
         return ""
-    if gang.waiting_admission:
-        return f"preempted by its gang scheduler: {gang.waiting_admission}"
+    if gang.waiting_admission:   # e.g. "kueue: evicted (Preempted): ..."
+        return f"preempted by its gang scheduler, {gang.waiting_admission}"
     mine = set(job.nodes)
     return next((p.disrupted for p in gang.pods if p.disrupted and
                  (not mine or p.hostname in mine)), "")
