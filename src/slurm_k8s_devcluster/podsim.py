@@ -20,7 +20,7 @@ KWOK node it starts a real dynamic slurmd through ``LocalSlurmCluster.start_dyna
 The slurmd is stopped when its pod is gone, no longer Running, or replaced by another pod
 with the same hostname (a requeued job's new gang). A pod being deleted keeps its slurmd
 as a real worker's entrypoint does (docs/pod-requirements.md): until its Slurm node runs no
-job any more, or its grace period (``deletionTimestamp``) is over. With an API client the
+job any more, or its grace period (``terminationGracePeriodSeconds``) is over. With an API client the
 stand-ins hold the pods with a finalizer (``GRACE_FINALIZER``) while they run, so that
 KWOK, which would remove a deleted pod at once, removes it only then. The Slurm node itself is
 left to the bridge daemon, exactly as when a real pod ends (its node stays in slurmctld
@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from slurm_k8s_bridge.core import contract
@@ -75,6 +74,8 @@ class StandIn:
     netns_index: int
     conf: str
     started: float = field(default_factory=time.monotonic)
+    #: when its pod was first seen being deleted (monotonic)
+    deleted_at: float | None = None
 
 
 def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
@@ -231,7 +232,9 @@ class PodStandIns:
                 pod = wanted.get(name)
                 ending = terminating.get(name)
                 if ending is not None and (ending.get("metadata") or {}).get("uid") == standin.uid:
-                    if self._in_grace(name, ending):
+                    if standin.deleted_at is None:
+                        standin.deleted_at = time.monotonic()
+                    if self._in_grace(name, ending, standin.deleted_at):
                         continue
                     self._stop_one(name, "pod deleted: its grace period is over or its "
                                          "node runs no job")
@@ -255,14 +258,13 @@ class PodStandIns:
                     self.errors.append(msg)
                     LOG.warning("stand-in not started: %s", msg)
 
-    def _in_grace(self, name: str, pod: Mapping[str, Any]) -> bool:
-        """A deleted pod's worker stays while its node runs a job, within the grace period."""
-        deadline = (pod.get("metadata") or {}).get("deletionTimestamp")
-        try:
-            ends = datetime.fromisoformat(str(deadline).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return False
-        if time.time() >= ends or not self._alive(name):
+    def _in_grace(self, name: str, pod: Mapping[str, Any], deleted_at: float) -> bool:
+        """A deleted pod's worker stays while its node runs a job, within the pod's grace
+        period counted from when the deletion was first seen (KWOK's own delete, at once
+        and with no grace, moves ``deletionTimestamp`` to that moment)."""
+        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = 30 if grace is None else int(grace)
+        if time.monotonic() - deleted_at >= grace or not self._alive(name):
             return False
         try:
             state = self.cluster.show_node(name).get("State", "")
