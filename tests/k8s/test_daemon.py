@@ -771,6 +771,48 @@ def test_o_a_preempted_job_gets_its_signal_and_grace_before_the_requeue(env: Env
     env.wait_all_clean([job], timeout=90)
 
 
+def test_p_a_class_with_preemption_policy_never_waits_and_preempts_nothing(env: Env) -> None:
+    """A gang of PriorityClass batch-never (value 500, ``preemptionPolicy: Never``) finds
+    every GPU held by native pods of a lower class (10): it waits parked with the
+    scheduler's reason, no native pod is disrupted, and it runs once they are gone."""
+    core = client.CoreV1Api(env.admin)
+    _priority_class(env, "batch-never", 500, preemptionPolicy="Never")
+    _priority_class(env, "native-low", 10)
+    native_ns = "inference-low"
+    _exists_ok(lambda: core.create_namespace({"metadata": {"name": native_ns}}))
+    for i in range(KWOK_NODES):
+        core.create_namespaced_pod(native_ns, {
+            "metadata": {"name": f"low-{i}"},
+            "spec": {"priorityClassName": "native-low", "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "serve", "image": "registry.example/serve:1",
+                                     "resources": {"requests": {"nvidia.com/gpu": "8"},
+                                                   "limits": {"nvidia.com/gpu": "8"}}}]}})
+    job = None
+    try:
+        env.wait(lambda: sum(1 for p in core.list_namespaced_pod(native_ns).items
+                             if p.spec.node_name) == KWOK_NODES, 60, "the native pods placed")
+        job = env.submit(*GANG2, "--k8s-priority=batch-never", "--wrap", "srun true")
+        comment = env.wait(lambda: "Unschedulable" in (c := env.comment(job)) and c, 60,
+                           f"job {job} waiting with the scheduler's reason")
+        time.sleep(5)   # give a preemption (there must be none) time to show
+        natives = core.list_namespaced_pod(native_ns).items
+        disrupted = [p.metadata.name for p in natives if p.metadata.deletion_timestamp or any(
+            c.type == "DisruptionTarget" for c in (p.status.conditions or []))]
+        env.ensure(len(natives) == KWOK_NODES and not disrupted,
+                   f"native pods disrupted by a preemptionPolicy: Never gang: {disrupted}")
+        env.ensure(env.state(job) == "PENDING", f"job {job} {env.state(job)}")
+        print(f"\ntest p: waiting without preempting: {comment!r}")
+        core.delete_collection_namespaced_pod(native_ns, grace_period_seconds=0)
+        env.wait_state(job, FINISHED, 120)
+        env.ensure(env.state(job) == "COMPLETED", f"job {job}: {env.state(job)}")
+    finally:
+        if job is not None:
+            env.cluster.run(["scancel", str(job)], user=USER)
+        core.delete_collection_namespaced_pod(native_ns, grace_period_seconds=0)
+    if job is not None:
+        env.wait_all_clean([job], timeout=60)
+
+
 def test_i_metrics(env: Env) -> None:
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{env.metrics_port}/metrics",

@@ -171,3 +171,32 @@ def test_the_preempted_gang_replaced_after_the_requeue_is_not_a_failed_start() -
     delete = next(a for a in _actions(World(jobs=[job], gangs={KEY: gang}, slurm_nodes={}))
                   if isinstance(a, DeleteGang))
     assert not delete.failed_start
+
+
+def test_qos_maps_to_a_workload_priority_class_on_kueue_partitions_only() -> None:
+    import copy
+
+    import yaml
+
+    from slurm_k8s_bridge.core.config import parse_config
+    from slurm_k8s_bridge.core.gang.kueue import PRIORITY_LABEL
+
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    data["qos_workload_priority_classes"] = {"high": "train-high"}
+    data["partitions"]["kq"] = {"gang": "kueue", "queue": "gpu"}
+    config = parse_config(copy.deepcopy(data), "test")
+
+    def job_labels(partition: str, qos: str) -> dict:
+        request = request_from_sbatch("#!/bin/bash\nsrun true\n",
+                                      ["-p", partition, "-N1", "--gres=gpu:1", f"--qos={qos}"],
+                                      1000, 1000)
+        breq = normalize(request, config)
+        job = next(o for o in render(breq, config, 7) if o["kind"] == "Job")
+        return job["metadata"]["labels"]
+
+    assert job_labels("kq", "high")[PRIORITY_LABEL] == "train-high"
+    assert PRIORITY_LABEL not in job_labels("kq", "normal")     # no entry: the pods' class
+    assert PRIORITY_LABEL not in job_labels("gpu", "high")      # built-in backend
+    data["qos_workload_priority_classes"] = {"high": "Not_A_Name"}
+    with pytest.raises(Exception, match="qos_workload_priority_classes"):
+        parse_config(data, "test")

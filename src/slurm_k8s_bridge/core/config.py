@@ -164,6 +164,9 @@ class BridgeConfig:
     node_features: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     partitions: Mapping[str, PartitionRule] = field(default_factory=dict)
     qos_priority_classes: Mapping[str, str] = field(default_factory=dict)
+    #: --qos -> Kueue WorkloadPriorityClass of the Job (partitions with gang: kueue): the
+    #: priority Kueue admits and preempts by, apart from the pods' PriorityClass
+    qos_workload_priority_classes: Mapping[str, str] = field(default_factory=dict)
     accounts: Mapping[str, AccountRule] = field(default_factory=dict)
     source: str | None = None
 
@@ -252,6 +255,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> BridgeCo
         node_features=node_features,
         partitions=partitions,
         qos_priority_classes=top.get("qos_priority_classes", _name_map(_dns_subdomain), {}),
+        qos_workload_priority_classes=top.get("qos_workload_priority_classes",
+                                              _name_map(_dns_subdomain), {}),
         accounts=_parse_accounts(top.optional_child("accounts"), source),
         source=source,
     )

@@ -107,6 +107,8 @@ def normalize(req: SlurmJobRequest, config: BridgeConfig) -> BridgeRequest | Non
         queue=spank_queue or (account_rule.queue if account_rule else None) or rule.queue,
         priority_class=(spank_priority or (config.qos_priority_classes.get(req.qos) if req.qos else None)
                         or (account_rule.priority_class if account_rule else None) or rule.priority_class),
+        workload_priority_class=(config.qos_workload_priority_classes.get(req.qos)
+                                 if req.qos and rule.gang == "kueue" else None),
         gang=rule.gang,
         image=image,
         service_account=rule.service_account,

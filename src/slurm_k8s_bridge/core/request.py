@@ -216,6 +216,8 @@ class BridgeRequest:
     exclusive: bool
     queue: str | None = None
     priority_class: str | None = None
+    #: Kueue's WorkloadPriorityClass (``qos_workload_priority_classes``; Kueue backend only)
+    workload_priority_class: str | None = None
     service_account: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     node_affinity_terms: tuple[NodeSelectorTerm, ...] = ()

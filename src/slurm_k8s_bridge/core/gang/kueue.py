@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from slurm_k8s_bridge.core.request import BridgeRequest
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Kueue reads a Job's WorkloadPriorityClass from this label
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 WORKLOAD = ObjectKind("Workload", "kueue.x-k8s.io", "v1beta2", "workloads")
 LOCAL_QUEUE = ObjectKind("LocalQueue", "kueue.x-k8s.io", "v1beta2", "localqueues")
 
@@ -50,6 +52,8 @@ class KueueGang(GangBackend):
     def decorate(self, job: dict[str, Any], breq: BridgeRequest, name: str) -> None:
         if breq.queue:
             job["metadata"]["labels"][QUEUE_LABEL] = breq.queue
+        if breq.workload_priority_class:
+            job["metadata"]["labels"][PRIORITY_LABEL] = breq.workload_priority_class
         job["spec"]["suspend"] = True
 
     def waiting(self, job: Mapping[str, Any], related: Related = NOTHING_RELATED) -> str:
