@@ -60,6 +60,9 @@ POD_IDENTITY_ENV = ("SLURM_K8S_CLUSTER", "SLURM_K8S_JOB_ID", "SLURM_K8S_ARRAY_TA
 GRACE_FINALIZER = contract.LABEL_PREFIX + "podsim-grace"
 #: Slurm node states of a slurmd that still runs (or ends) a job
 _BUSY = ("ALLOCATED", "MIXED", "COMPLETING")
+#: job states (squeue %T) of a job Slurm has not finished with on its nodes
+_UNFINISHED = ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "PENDING", "REQUEUED",
+               "SIGNALING", "STAGE_OUT", "RESIZING")
 
 
 class PodSimError(RuntimeError):
@@ -268,9 +271,13 @@ class PodStandIns:
             return False
         try:
             state = self.cluster.show_node(name).get("State", "")
+            # a job Slurm has not finished with here: running, completing, or requeued
+            # with this node still in its NodeList (its epilog not yet reported)
+            jobs = self.cluster.run(["squeue", "-h", "-a", "-t", "all", "-w", name,
+                                     "-o", "%T"]).stdout.split()
         except Exception:  # noqa: BLE001 - slurmctld busy: keep it this round
             return True
-        return any(word in state for word in _BUSY)
+        return any(word in state for word in _BUSY) or any(s in _UNFINISHED for s in jobs)
 
     def _hold(self, pod: Mapping[str, Any]) -> None:
         """Put GRACE_FINALIZER on a pod whose stand-in starts (API client path only)."""

@@ -200,3 +200,12 @@ def test_qos_maps_to_a_workload_priority_class_on_kueue_partitions_only() -> Non
     data["qos_workload_priority_classes"] = {"high": "Not_A_Name"}
     with pytest.raises(Exception, match="qos_workload_priority_classes"):
         parse_config(data, "test")
+
+
+def test_no_second_signal_once_the_requeue_has_begun() -> None:
+    sig = (int(signal.SIGUSR1), True, 45)
+    for state, comment in (("COMPLETING", f"k8s: requeuing: {WHY}"),
+                           ("RUNNING", f"k8s: requeuing: {WHY}"),
+                           ("COMPLETING", "k8s: pods of Kubernetes Job slurm-jobs/slurm-301")):
+        actions = _actions(_world(signal_=sig, comment=comment, state=state, waited=50.0))
+        assert not any(isinstance(a, SignalJob) for a in actions), (state, comment, actions)

@@ -518,17 +518,19 @@ def _preempt(job: BridgedJob, why: str, world: World, out: Plan) -> None:
     job's ``--signal`` at once, its TIME to finish (a checkpoint), then the requeue (all its
     steps end on every node; no part of the gang goes on alone), or, for a ``--no-requeue``
     job, its nodes down (NODE_FAIL: a client cannot set Slurm's PREEMPTED state)."""
+    if job.state == "COMPLETING":
+        return          # the requeue (or the job's own end) is under way: nothing to signal
     marker = COMMENT_PREFIX + "preempting: "
     grace = job.signal[2] if job.signal else 0
-    if job.signal and not job.comment.startswith(marker):
+    done = job.comment.startswith((marker, COMMENT_PREFIX + "requeuing: ",
+                                   COMMENT_PREFIX + "failed: "))
+    if job.signal and not done:
         out.add(SignalJob(job.key, job.signal[0], job.signal[1], why))
     if world.preempting_for.get(job.key, 0.0) < grace:
         target = "the batch shell" if job.signal and job.signal[1] else "its steps"
         name = _signal_name(job.signal[0]) if job.signal else ""
         _comment(job, out, f"preempting: {why}; {name} sent to {target}, {grace}s to finish")
         return
-    if job.state == "COMPLETING":
-        return          # the requeue (or the job's own end) is under way
     if job.requeue:
         out.add(RequeueJob(job.key, why))
         _comment(job, out, f"requeuing: {why}")
