@@ -279,6 +279,24 @@ def test_signal_reaches_the_stamp_as_sbatch_sends_it(bc, given, expected):
         bc.cluster.run(["scancel", str(job)], check=True)
 
 
+def test_overcommit_reaches_the_stamp_and_the_pod_asks_one_cpu(bc):
+    """``-O``: real sbatch sets job_desc->overcommit; the plugin accepts 400 tasks on one
+    224-CPU node shape and stamps it, and ``translate`` reads the same."""
+    uid, gid = bc.cluster.ensure_user(USER)
+    options = ["-p", "gpu", "--qos=normal", "-N1", "-n400", "--gres=gpu:1", "-O"]
+    plain = "#!/bin/bash\nsrun true\n"
+    job = bc.submit_id(sbatch(bc, options, script=plain))
+    try:
+        stamped = SlurmJobRequest.from_stamp(bc.cluster.show_job(job)["AdminComment"])
+        assert stamped.overcommit and request_from_sbatch(plain, options, uid, gid).overcommit
+        config = parse_config(bridge_config_data(), str(bc.config_path))
+        assert normalize(stamped, config).cpus_per_node == 1
+    finally:
+        bc.cluster.run(["scancel", str(job)], check=True)
+    refused = sbatch(bc, options[:-1], script=plain)
+    assert refused.returncode != 0 and "asks for 400 CPUs per node" in refused.stderr
+
+
 def test_a_bad_signal_gets_sbatchs_own_refusal_and_translate_says_the_same(bc):
     from slurm_k8s_bridge.slurm.sbatch import BAD_SIGNAL
     before = job_count(bc)

@@ -574,3 +574,15 @@ def test_k8s_priority(config: BridgeConfig) -> None:
 def test_uid_gid_and_job_name(config: BridgeConfig) -> None:
     breq = bridged(config, "-J", "my job!")
     assert (breq.user_id, breq.group_id, breq.job_name) == (1000, 1000, "my-job")
+
+
+@pytest.mark.parametrize("flag", ["-O", "--overcommit"])
+def test_overcommit_allocates_one_cpu_per_node_and_lets_tasks_outnumber_cpus(config, flag):
+    """Slurm's -O: one CPU per node is allocated; 400 tasks on one node are not refused for
+    the 224 CPUs of the shape, and the pod asks for 1 CPU."""
+    message = refused(config, "-p", "gpu", "-N1", "-n", "400", "--gres=gpu:1").message
+    assert "asks for 400 CPUs per node" in message
+    breq = bridged(config, "-p", "gpu", "-N1", "-n", "400", "--gres=gpu:1", flag)
+    assert (breq.cpus_per_node, breq.tasks_per_node) == (1, 400)
+    assert request("-O").overcommit and not request().overcommit
+    assert "overcommit" not in request().to_dict()

@@ -184,6 +184,9 @@ def _share(req: SlurmJobRequest, gpu: GpuAsk, nodes: int, config: BridgeConfig) 
     if gpu.cpus_per_gpu and gpus and gpu.cpus_per_gpu * gpus > cpus:
         cpus = gpu.cpus_per_gpu * gpus
         cpus_why = f"--cpus-per-gpu={gpu.cpus_per_gpu} with {_count(gpus, 'GPU')} per node"
+    if req.overcommit:
+        # Slurm: "only one CPU is allocated to the job per node"; the tasks share it
+        cpus, cpus_why = 1, "-O (--overcommit)"
     memory, memory_why, default = _memory_per_node(req, gpu, cpus, gpus, config)
     return _Share(nodes, tasks_per_node, gpus, gpus_why, cpus, cpus_why, memory, memory_why, default)
 

@@ -91,6 +91,8 @@ class SlurmJobRequest:
     warn_signal: int | None = None
     warn_time: int | None = None
     warn_flags: int | None = None
+    #: ``-O/--overcommit``: one CPU per node is allocated, tasks may outnumber the CPUs
+    overcommit: bool = False
     #: bridge bookkeeping, not a job_desc field: the owner put their own hold on the job
     #: (``scontrol hold``), recorded by job_modify; the bridge creates no pods meanwhile
     user_hold: bool = False
@@ -104,7 +106,8 @@ class SlurmJobRequest:
                 if value:
                     out[f.name] = dict(value)
                 continue
-            if value is None or (f.name in ("mem_per_cpu", "user_hold") and value is False):
+            if value is None or (f.name in ("mem_per_cpu", "user_hold", "overcommit")
+                                 and value is False):
                 continue
             out[f.name] = value
         return out

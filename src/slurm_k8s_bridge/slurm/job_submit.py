@@ -93,6 +93,7 @@ def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
     values.update({name: u16(getattr(jd, name)) for name in _U16_FIELDS})
     if not values["warn_signal"]:   # no --signal: sbatch sends zeros
         values.update(warn_signal=None, warn_time=None, warn_flags=None)
+    values["overcommit"] = int(jd.overcommit) == 1   # NO_VAL8 (0xfe) when not given
     return SlurmJobRequest(**values, pn_min_memory=memory, mem_per_cpu=per_cpu,
                            time_limit=time_limit, spank_options=spank_options_from_env(env))
 

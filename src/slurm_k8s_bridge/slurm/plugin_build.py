@@ -149,6 +149,7 @@ def _job_desc_cdef(headers: SlurmHeaders) -> str:
         "uint16_t ntasks_per_tres;",
         "uint64_t pn_min_memory;",
         "uint16_t warn_flags;", "uint16_t warn_signal;", "uint16_t warn_time;",
+        "uint8_t overcommit;",
     ]
     if headers.version < (25, 11, 0):
         fields.append("uint32_t job_id;")

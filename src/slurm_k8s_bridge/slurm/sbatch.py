@@ -419,6 +419,10 @@ def parse_signal(text: str) -> tuple[int, int, int]:
     return number, int(when), flags
 
 
+def _set_overcommit(opts: _SbatchOptions, _t: str, _v: str | None) -> None:
+    opts.overcommit = True
+
+
 def _set_signal(opts: _SbatchOptions, text: str, _v: str | None) -> None:
     opts.warn_signal, opts.warn_time, opts.warn_flags = parse_signal(text)
 
@@ -501,6 +505,7 @@ _SETTERS: dict[str, _Setter] = {
     "qos": _string_setter("qos"),
     "sockets-per-node": _int_setter("sockets_per_node", "--sockets-per-node"),
     "threads-per-core": _int_setter("threads_per_core", "--threads-per-core"),
+    "overcommit": _set_overcommit,
     "signal": _set_signal,
     "time": _set_time,
     "wrap": _set_wrap,
@@ -576,6 +581,7 @@ def _job_desc(opts: _SbatchOptions, script_name: str | None) -> _JobDesc:
         cpus_per_task=opts.cpus_per_task, ntasks_per_node=opts.ntasks_per_node,
         time_limit=opts.time_limit, shared=opts.shared, spank_options=dict(opts.spank),
         warn_signal=opts.warn_signal, warn_time=opts.warn_time, warn_flags=opts.warn_flags,
+        overcommit=opts.overcommit,
     )
     if opts.ntasks_set:
         desc.num_tasks = opts.ntasks

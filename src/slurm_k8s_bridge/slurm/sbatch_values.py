@@ -371,6 +371,7 @@ class _SbatchOptions:
     warn_signal: int | None = None
     warn_time: int | None = None
     warn_flags: int | None = None
+    overcommit: bool = False
     sockets_per_node: int | None = None
     cores_per_socket: int | None = None
     threads_per_core: int | None = None
