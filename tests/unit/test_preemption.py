@@ -17,6 +17,7 @@ from slurm_k8s_bridge.daemon import plan as planner
 from slurm_k8s_bridge.daemon.plan import (
     BridgedJob,
     DeleteGang,
+    DeleteNodes,
     Gang,
     GangKey,
     NodesDown,
@@ -168,9 +169,12 @@ def test_the_preempted_gang_replaced_after_the_requeue_is_not_a_failed_start() -
     job = BridgedJob(key=KEY, state="PENDING", held=True, eligible=True, restarts=1)
     gang = Gang(key=KEY, namespace="slurm-jobs", name="slurm-301", size=2,
                 pods=(_pod(0), _pod(1, disrupted=WHY, problem=WHY, failed=True, terminating=True)))
-    delete = next(a for a in _actions(World(jobs=[job], gangs={KEY: gang}, slurm_nodes={}))
-                  if isinstance(a, DeleteGang))
+    actions = _actions(World(jobs=[job], gangs={KEY: gang},
+                             slurm_nodes={HOSTS[0]: "IDLE", HOSTS[1]: "IDLE", "other-0": "IDLE"}))
+    delete = next(a for a in actions if isinstance(a, DeleteGang))
     assert not delete.failed_start
+    # the old dynamic nodes go, so the new pods' slurmd register afresh (new addresses)
+    assert DeleteNodes(HOSTS) in actions
 
 
 def test_qos_maps_to_a_workload_priority_class_on_kueue_partitions_only() -> None:

@@ -427,6 +427,12 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
             out.add(DeleteGang(job.key, gang.namespace, gang.name, failure,
                                failed_start=not (gang.waiting_admission or
                                                  any(p.disrupted for p in gang.pods))))
+            # The new pods reuse the hostnames, with new addresses: the old dynamic nodes go
+            # (Slurm is done with them: no NodeList), so that each new slurmd registers a
+            # fresh node, not an old record that still points at the old pod.
+            stale = tuple(sorted({p.hostname for p in gang.pods} & set(world.slurm_nodes)))
+            if stale:
+                out.add(DeleteNodes(stale))
             if tries >= MAX_START_FAILURES:
                 out.add(FailJob(job.key, f"its pods failed {tries} times before it could start; "
                                          f"last: {failure}"))
