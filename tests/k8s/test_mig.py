@@ -22,7 +22,7 @@ from slurm_k8s_devcluster.bridge import BridgeCluster, load_example_config
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 from slurm_k8s_devcluster.podsim import PodStandIns
 
-from ..kube_env import DaemonProcess, poll
+from ..kube_env import DaemonProcess, DaemonRbac, poll
 from .conftest import H100, JOBS_NS
 
 pytestmark = pytest.mark.k8s
@@ -50,6 +50,11 @@ def bridge_options() -> dict[str, Any]:
     data = copy.deepcopy(load_example_config())
     data["native_gpu_usage"] = False
     return {"name": "mig", "config_data": data}
+
+
+@pytest.fixture(scope="module")
+def daemon_rbac(bridge: BridgeCluster) -> DaemonRbac:
+    return DaemonRbac.of_config(bridge.config_path)
 
 
 def _wait(check: Any, timeout: float, what: str, daemon: DaemonProcess) -> Any:
