@@ -14,6 +14,7 @@ The fixtures that use them are in ``tests/k8s/conftest.py`` and ``tests/e2e/conf
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -221,3 +222,44 @@ def diagnostics_on_failure(request: pytest.FixtureRequest,
     yield
     if request.session.testsfailed > failed and sys.__stderr__ is not None:
         sys.__stderr__.write(f"\n{diagnostics()}\n")
+
+
+# -- preemption with --signal (tests/k8s/test_daemon.py, test_kueue.py) -------------------
+#: a batch script that writes "checkpoint <epoch>" on SIGUSR1 and, run again after a requeue
+#: (SLURM_RESTART_COUNT > 0), says "resumed" and ends at once; submit with --open-mode=append
+CHECKPOINT_SCRIPT = ('if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then echo "resumed"; exit 0; fi; '
+                     "trap 'echo \"checkpoint $(date +%s)\"' USR1; "
+                     "srun sleep 120 & wait; wait")
+
+
+def checkpoint_then_requeue(env: Any, job: int, out: Path, grace: int,
+                            during_grace: Callable[[], None] = lambda: None) -> tuple[int, float]:
+    """The job's checkpoint line (its USR1 trap ran), the job still RUNNING (and
+    ``during_grace``'s checks) within its grace, then Restarts=1 no sooner than ``grace``
+    seconds after the signal: (signal time, seconds from signal to requeue seen)."""
+    line = env.wait(lambda: next((ln for ln in (out.read_text() if out.exists() else "")
+                                  .splitlines() if ln.startswith("checkpoint ")), None),
+                    30, f"the checkpoint line of job {job} (its USR1 trap)")
+    signalled = int(line.split()[1])
+    env.ensure(env.state(job) == "RUNNING", f"job {job} {env.state(job)} within its grace")
+    during_grace()
+    env.wait(lambda: env.cluster.show_job(job).get("Restarts") == "1", 60,
+             f"job {job} requeued after its grace")
+    waited = time.time() - signalled
+    env.ensure(waited >= grace - 1, f"requeued {waited:.1f}s after the signal: the {grace} s "
+               "grace was not given")
+    return signalled, waited
+
+
+@contextlib.contextmanager
+def started_access(api_client: Any, namespaces: Sequence[str] = ("slurm-jobs",)) -> Iterator[Any]:
+    """A started ``KubeAccess`` (the daemon's view) whose watch cache has synced; stopped after."""
+    from slurm_k8s_bridge.kube.access import KubeAccess
+    kube = KubeAccess(api_client, cluster_name="slurm", namespaces=list(namespaces),
+                      watch_timeout_seconds=20)
+    kube.start()
+    try:
+        assert kube.wait_synced(60), f"watch cache never synced: {kube.sync_errors()}"
+        yield kube
+    finally:
+        kube.stop()

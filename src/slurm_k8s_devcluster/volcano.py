@@ -12,8 +12,9 @@ types. ``install_volcano_crds(kube)`` applies both and waits until they are serv
 
 from __future__ import annotations
 
-import time
 from typing import Any
+
+from slurm_k8s_devcluster.k8s import wait_for
 
 GROUP = "scheduling.volcano.sh"
 VERSION = "v1beta1"
@@ -79,27 +80,17 @@ def queue_crd() -> dict[str, Any]:
 def install_volcano_crds(kube: Any, timeout: float = 60.0) -> None:
     """Apply the PodGroup and Queue CRDs as admin and wait until both are Established."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
     crds = (podgroup_crd(), queue_crd())
     with kube.admin_client() as api_client:
         api = client.ApiextensionsV1Api(api_client)
-        for crd in crds:
-            try:
-                api.create_custom_resource_definition(crd)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-        deadline = time.monotonic() + timeout
+        existing = {c.metadata.name for c in api.list_custom_resource_definition().items}
+        for crd in (c for c in crds if c["metadata"]["name"] not in existing):
+            api.create_custom_resource_definition(crd)
         for crd in crds:
             name = crd["metadata"]["name"]
-            while True:   # bounded by the deadline
-                got = api.read_custom_resource_definition(name)
-                if any(c.type == "Established" and c.status == "True"
-                       for c in (got.status.conditions or [])):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")
-                time.sleep(0.2)
-
+            wait_for(lambda name=name: any(
+                c.type == "Established" and c.status == "True"
+                for c in (api.read_custom_resource_definition(name).status.conditions or [])),
+                timeout, f"CRD {name} Established")
 
 __all__ = ["GROUP", "VERSION", "install_volcano_crds", "podgroup_crd", "queue_crd"]

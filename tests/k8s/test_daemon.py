@@ -42,7 +42,14 @@ from slurm_k8s_devcluster.k8s import LocalKubeCluster, free_ports
 from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
 
-from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
+from ..kube_env import (
+    CHECKPOINT_SCRIPT,
+    DaemonProcess,
+    DaemonRbac,
+    checkpoint_then_requeue,
+    diagnostics_on_failure,
+    poll,
+)
 from .conftest import CLUSTER_NAME, H100, JOBS_NS, SELECTOR
 
 pytestmark = pytest.mark.k8s
@@ -568,6 +575,16 @@ def _exists_ok(create: Callable[[], Any]) -> None:
             raise
 
 
+def _native_gpu_pod(core: Any, namespace: str, name: str, priority_class: str) -> None:
+    """A Kubernetes-native pod of ``priority_class`` holding a whole 8-GPU node."""
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name},
+        "spec": {"priorityClassName": priority_class, "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "serve", "image": "registry.example/serve:1",
+                                 "resources": {"requests": {"nvidia.com/gpu": "8"},
+                                               "limits": {"nvidia.com/gpu": "8"}}}]}})
+
+
 def _priority_class(env: Env, name: str, value: int, **spec: Any) -> None:
     _exists_ok(lambda: client.SchedulingV1Api(env.admin).create_priority_class(
         {"metadata": {"name": name}, "value": value, **spec}))
@@ -670,20 +687,12 @@ def test_n_a_gang_preempted_by_a_higher_priority_native_pod_is_requeued_whole(en
     native_ns = "inference-preempt"
     _exists_ok(lambda: core.create_namespace({"metadata": {"name": native_ns}}))
 
-    def serve(i: int) -> None:
-        core.create_namespaced_pod(native_ns, {
-            "metadata": {"name": f"serve-{i}"},
-            "spec": {"priorityClassName": "serve-high", "tolerations": [{"operator": "Exists"}],
-                     "containers": [{"name": "serve", "image": "registry.example/serve:1",
-                                     "resources": {"requests": {"nvidia.com/gpu": "8"},
-                                                   "limits": {"nvidia.com/gpu": "8"}}}]}})
-
     job = env.submit(*GANG2, "--k8s-priority=batch-low", "-o", "preempt-%j.out", "--wrap",
                      "srun sleep 15")
     try:
         env.wait_state(job, {"RUNNING"}, 90)
         for i in range(KWOK_NODES - 1):   # the free nodes, then one more: a gang pod must go
-            serve(i)
+            _native_gpu_pod(core, native_ns, f"serve-{i}", "serve-high")
         comment = env.wait(lambda: "preempted by kube-scheduler" in (c := env.comment(job)) and c,
                            60, f"job {job}'s comment saying it was preempted")
         placed = {p.metadata.name: p.spec.node_name
@@ -720,44 +729,27 @@ def test_o_a_preempted_job_gets_its_signal_and_grace_before_the_requeue(env: Env
     _priority_class(env, "serve-high", 1000)
     native_ns = "inference-preempt"
     _exists_ok(lambda: core.create_namespace({"metadata": {"name": native_ns}}))
-    script = ('if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then echo "resumed"; exit 0; fi; '
-              "trap 'echo \"checkpoint $(date +%s)\"' USR1; "
-              "srun sleep 120 & wait; wait")
     job = env.submit(*GANG2, "--k8s-priority=batch-low", "--signal=B:USR1@10",
-                     "--open-mode=append", "-o", "signal-%j.out", "--wrap", script)
+                     "--open-mode=append", "-o", "signal-%j.out", "--wrap", CHECKPOINT_SCRIPT)
     out = env.cluster.jobs_dir / f"signal-{job}.out"
     try:
         env.wait_state(job, {"RUNNING"}, 90)
         env.wait(lambda: env.cluster.run(["squeue", "-h", "-s", "-j", str(job)]).stdout.count(
             f"{job}.0") > 0, 30, f"job {job}'s srun step")
         for i in range(KWOK_NODES - 1):   # the free nodes, then one more: a gang pod must go
-            core.create_namespaced_pod(native_ns, {
-                "metadata": {"name": f"serve-sig-{i}"},
-                "spec": {"priorityClassName": "serve-high",
-                         "tolerations": [{"operator": "Exists"}],
-                         "containers": [{"name": "serve", "image": "registry.example/serve:1",
-                                         "resources": {"requests": {"nvidia.com/gpu": "8"},
-                                                       "limits": {"nvidia.com/gpu": "8"}}}]}})
+            _native_gpu_pod(core, native_ns, f"serve-sig-{i}", "serve-high")
         comment = env.wait(lambda: "preempting:" in (c := env.comment(job)) and c, 60,
                            f"job {job}'s comment saying it is being preempted")
         env.ensure("preempted by kube-scheduler" in comment
                    and "SIGUSR1 sent to the batch shell, 10s to finish" in comment, comment)
-        line = env.wait(lambda: next((ln for ln in (out.read_text() if out.exists() else "")
-                                      .splitlines() if ln.startswith("checkpoint ")), None),
-                        30, f"the checkpoint line of job {job} (its USR1 trap)")
-        signalled = int(line.split()[1])
-        # during the grace the job still runs and the preempted pod is still there
-        env.ensure(env.state(job) == "RUNNING", f"job {job} {env.state(job)} within its grace")
-        terminating = [p.metadata.name for p in core.list_namespaced_pod(JOBS_NS).items
-                       if p.metadata.deletion_timestamp is not None]
-        env.ensure(terminating, "no gang pod terminating during the grace")
-        env.wait(lambda: env.cluster.show_job(job).get("Restarts") == "1", 60,
-                 f"job {job} requeued after its grace")
-        requeued = time.time()
-        print(f"\ntest o: signal at {signalled}, requeue seen {requeued - signalled:.1f}s later; "
+
+        def preempted_pod_still_there() -> None:
+            env.ensure([p for p in core.list_namespaced_pod(JOBS_NS).items
+                        if p.metadata.deletion_timestamp is not None],
+                       "no gang pod terminating during the grace")
+        signalled, waited = checkpoint_then_requeue(env, job, out, 10, preempted_pod_still_there)
+        print(f"\ntest o: signal at {signalled}, requeue seen {waited:.1f}s later; "
               f"comment {comment!r}")
-        env.ensure(requeued - signalled >= 9, f"requeued {requeued - signalled:.1f}s after the "
-                   "signal: the 10 s grace was not given")
         core.delete_collection_namespaced_pod(native_ns, grace_period_seconds=0)
         env.wait_state(job, FINISHED, 150)
         text = out.read_text() if out.exists() else ""
@@ -781,12 +773,7 @@ def test_p_a_class_with_preemption_policy_never_waits_and_preempts_nothing(env: 
     native_ns = "inference-low"
     _exists_ok(lambda: core.create_namespace({"metadata": {"name": native_ns}}))
     for i in range(KWOK_NODES):
-        core.create_namespaced_pod(native_ns, {
-            "metadata": {"name": f"low-{i}"},
-            "spec": {"priorityClassName": "native-low", "tolerations": [{"operator": "Exists"}],
-                     "containers": [{"name": "serve", "image": "registry.example/serve:1",
-                                     "resources": {"requests": {"nvidia.com/gpu": "8"},
-                                                   "limits": {"nvidia.com/gpu": "8"}}}]}})
+        _native_gpu_pod(core, native_ns, f"low-{i}", "native-low")
     job = None
     try:
         env.wait(lambda: sum(1 for p in core.list_namespaced_pod(native_ns).items

@@ -42,7 +42,7 @@ from slurm_k8s_bridge.kube.rbac import DAEMON_NAMESPACE, SERVICE_ACCOUNT
 from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 
-from ..kube_env import DaemonRbac
+from ..kube_env import DaemonRbac, started_access
 from .conftest import JOBS_NS
 from ..paths import REPO, EXAMPLE_CONFIG
 
@@ -115,13 +115,8 @@ def daemon_rbac() -> DaemonRbac:
 
 @pytest.fixture(scope="module")
 def access(sa_client: Any) -> Iterator[KubeAccess]:
-    kube = KubeAccess(sa_client, cluster_name="slurm", namespaces=[JOBS_NS], watch_timeout_seconds=20)
-    kube.start()
-    try:
-        assert kube.wait_synced(60), f"watch cache never synced: {kube.sync_errors()}"
+    with started_access(sa_client, [JOBS_NS]) as kube:
         yield kube
-    finally:
-        kube.stop()
 
 
 # -- tests ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from slurm_k8s_devcluster.kueue import API_GROUP, API_VERSION, LocalKueue, gpu_q
 from slurm_k8s_devcluster.podsim import PodStandIns
 from slurm_k8s_devcluster.slurm import _tail
 
+from ..kube_env import CHECKPOINT_SCRIPT, checkpoint_then_requeue
 from ..kube_env import DaemonProcess, DaemonRbac, diagnostics_on_failure, poll
 from .conftest import CLUSTER_NAME, H100, JOBS_NS
 
@@ -300,11 +301,8 @@ def test_kueue_preemption_gives_the_slurm_job_its_signal_then_requeues_it_whole(
     Job. The batch shell gets ``--signal=B:USR1@8`` at once (its trap writes a checkpoint
     line), the job runs on for its 8 s, then Slurm requeues the whole job (Restarts=1); the
     native Job runs, and the Slurm job is admitted again and resumes to COMPLETED."""
-    script = ('if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then echo "resumed"; exit 0; fi; '
-              "trap 'echo \"checkpoint $(date +%s)\"' USR1; "
-              "srun sleep 120 & wait; wait")
     job = env.submit(*gang(2), "--signal=B:USR1@8", "--open-mode=append", "-o",
-                     "kueue-signal-%j.out", "--wrap", script)
+                     "kueue-signal-%j.out", "--wrap", CHECKPOINT_SCRIPT)
     out = env.cluster.jobs_dir / f"kueue-signal-{job}.out"
     try:
         env.wait_state(job, {"RUNNING"}, 90)
@@ -315,18 +313,9 @@ def test_kueue_preemption_gives_the_slurm_job_its_signal_then_requeues_it_whole(
                            f"job {job}'s comment saying Kueue preempts it")
         env.ensure("kueue: evicted" in comment and "SIGUSR1 sent to the batch shell, 8s to finish"
                    in comment, comment)
-        line = env.wait(lambda: next((ln for ln in (out.read_text() if out.exists() else "")
-                                      .splitlines() if ln.startswith("checkpoint ")), None),
-                        30, f"the checkpoint line of job {job}")
-        signalled = int(line.split()[1])
-        env.ensure(env.state(job) == "RUNNING", f"job {job} {env.state(job)} within its grace")
-        env.wait(lambda: env.cluster.show_job(job).get("Restarts") == "1", 60,
-                 f"job {job} requeued after its grace")
-        requeued = time.time()
-        print(f"\nKueue preemption: signal at {signalled}, requeue seen "
-              f"{requeued - signalled:.1f}s later; comment {comment!r}")
-        env.ensure(requeued - signalled >= 7, f"requeued {requeued - signalled:.1f}s after the "
-                   "signal: the 8 s grace was not given")
+        signalled, waited = checkpoint_then_requeue(env, job, out, 8)
+        print(f"\nKueue preemption: signal at {signalled}, requeue seen {waited:.1f}s later; "
+              f"comment {comment!r}")
         env.wait(lambda: env.admitted(NATIVE_NS, native), 90, "Kueue admits the native Job")
         env.wait(lambda: env.native_done(native), 90, "the native Job completes")
         env.wait_state(job, FINISHED, 150)

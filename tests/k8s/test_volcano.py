@@ -27,7 +27,7 @@ from slurm_k8s_bridge.slurm.sbatch import request_from_sbatch
 from slurm_k8s_devcluster.k8s import LocalKubeCluster
 from slurm_k8s_devcluster.volcano import GROUP, VERSION, install_volcano_crds
 
-from ..kube_env import DaemonRbac
+from ..kube_env import DaemonRbac, started_access
 from ..paths import EXAMPLE_CONFIG
 from .conftest import JOBS_NS
 
@@ -104,14 +104,8 @@ def test_the_schema_refuses_what_volcano_would(volcano: LocalKubeCluster, admin:
 
 @pytest.fixture(scope="module")
 def access(volcano: LocalKubeCluster, sa_client: Any) -> Iterator[KubeAccess]:
-    kube = KubeAccess(sa_client, cluster_name="slurm", namespaces=[JOBS_NS],
-                      watch_timeout_seconds=20)
-    kube.start()
-    try:
-        assert kube.wait_synced(60), f"watch cache never synced: {kube.sync_errors()}"
+    with started_access(sa_client, [JOBS_NS]) as kube:
         yield kube
-    finally:
-        kube.stop()
 
 
 def test_the_daemon_creates_a_volcano_gang_with_its_own_rbac(access: KubeAccess, admin: Any) -> None:

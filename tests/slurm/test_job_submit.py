@@ -260,7 +260,7 @@ def test_cli_translate_matches_the_plugin(bc, case_id, script):
 @pytest.mark.parametrize("given, expected", [("B:USR1@45", (10, 45, 1)), ("USR2", (12, 60, 0)),
                                              ("R:15@0", (15, 0, 0x100))])
 def test_signal_reaches_the_stamp_as_sbatch_sends_it(bc, given, expected):
-    """``--signal`` as real sbatch encodes it (job_desc warn_signal/warn_time/warn_flags)
+    """``--signal`` as real sbatch encodes it (job_desc's warn_signal, warn_time, warn_flags)
     is what the plugin stamps and what ``translate`` reads; the pods' grace covers it."""
     uid, gid = bc.cluster.ensure_user(USER)
     options = ["-p", "gpu", "--qos=normal", "-N1", "--gres=gpu:1", f"--signal={given}"]
@@ -268,9 +268,9 @@ def test_signal_reaches_the_stamp_as_sbatch_sends_it(bc, given, expected):
     job = bc.submit_id(proc)
     try:
         stamped = SlurmJobRequest.from_stamp(bc.cluster.show_job(job)["AdminComment"])
-        assert (stamped.warn_signal, stamped.warn_time, stamped.warn_flags) == expected
+        assert stamped.signal == expected
         from_cli = request_from_sbatch(TRAIN_SCRIPT, options, uid, gid)
-        assert (from_cli.warn_signal, from_cli.warn_time, from_cli.warn_flags) == expected
+        assert from_cli.signal == expected
         config = parse_config(bridge_config_data(), str(bc.config_path))
         breq = normalize(stamped, config)
         assert breq.preempt_signal == expected[0]

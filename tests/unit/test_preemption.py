@@ -69,9 +69,9 @@ def _bridged(*options: str):
 
 def test_the_signal_reaches_the_pods_grace_period() -> None:
     request, breq = _bridged("--signal=B:USR1@45")
-    assert (request.warn_signal, request.warn_time, request.warn_flags) == (10, 45, KILL_JOB_BATCH)
+    assert request.signal == (10, 45, KILL_JOB_BATCH)
     # the stamp carries it to the daemon
-    assert SlurmJobRequest.from_stamp(request.stamp()).warn_time == 45
+    assert SlurmJobRequest.from_stamp(request.stamp()).signal == (10, 45, KILL_JOB_BATCH)
     assert (breq.preempt_signal, breq.preempt_signal_batch, breq.preempt_grace_seconds) == (10, True, 45)
     job = next(o for o in render(breq, CONFIG, 301) if o["kind"] == "Job")
     pod = job["spec"]["template"]["spec"]

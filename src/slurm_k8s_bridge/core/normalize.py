@@ -242,12 +242,11 @@ def _preemption(req: SlurmJobRequest, config: BridgeConfig) -> dict[str, Any]:
     """What a preempted or evicted pod's job gets: its ``--signal`` and that TIME of grace
     (at most ``max_preempt_grace_seconds``) before the requeue; the pods' grace period
     covers it and Slurm's KillWait after it."""
-    signal = given(req.warn_signal)
-    if not signal:
+    if not req.signal or not req.signal[0]:
         return {"termination_grace_seconds": config.kill_wait_seconds}
-    grace = min(given(req.warn_time) or 0, config.max_preempt_grace_seconds)
-    return {"preempt_signal": signal,
-            "preempt_signal_batch": bool((given(req.warn_flags) or 0) & KILL_JOB_BATCH),
+    number, seconds, flags = req.signal
+    grace = min(seconds, config.max_preempt_grace_seconds)
+    return {"preempt_signal": number, "preempt_signal_batch": bool(flags & KILL_JOB_BATCH),
             "preempt_grace_seconds": grace,
             "termination_grace_seconds": grace + config.kill_wait_seconds}
 

@@ -86,11 +86,10 @@ class SlurmJobRequest:
     het_job_offset: int | None = None
     work_dir: str | None = None
     submit_line: str | None = None
-    #: ``--signal=[{R|B}:]SIG[@TIME]``: the signal number, the seconds before the end it is
-    #: sent, and Slurm's flags (``KILL_JOB_BATCH``: to the batch shell only; ``KILL_JOB_RESV``)
-    warn_signal: int | None = None
-    warn_time: int | None = None
-    warn_flags: int | None = None
+    #: ``--signal=[{R|B}:]SIG[@TIME]`` as job_desc's (warn_signal, warn_time, warn_flags): the
+    #: signal number, the seconds before the end it is sent, and Slurm's flags
+    #: (``KILL_JOB_BATCH``: to the batch shell only; ``KILL_JOB_RESV``)
+    signal: tuple[int, int, int] | None = None
     #: ``-O/--overcommit``: one CPU per node is allocated, tasks may outnumber the CPUs
     overcommit: bool = False
     #: bridge bookkeeping, not a job_desc field: the owner put their own hold on the job
@@ -120,6 +119,8 @@ class SlurmJobRequest:
             raise ValueError(f"unknown request fields: {', '.join(sorted(unknown))}")
         values = dict(data)
         values["spank_options"] = dict(values.get("spank_options") or {})
+        if values.get("signal") is not None:   # JSON has no tuples
+            values["signal"] = tuple(values["signal"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "SlurmJobRequest":

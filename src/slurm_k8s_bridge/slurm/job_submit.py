@@ -91,8 +91,8 @@ def request_from_job_desc(ffi: Any, lib: Any, jd: Any) -> SlurmJobRequest:
     values: dict[str, Any] = {name: text(getattr(jd, name)) for name in _TEXT_FIELDS}
     values.update({name: u32(getattr(jd, name)) for name in _U32_FIELDS})
     values.update({name: u16(getattr(jd, name)) for name in _U16_FIELDS})
-    if not values["warn_signal"]:   # no --signal: sbatch sends zeros
-        values.update(warn_signal=None, warn_time=None, warn_flags=None)
+    warn = tuple(u16(getattr(jd, f"warn_{name}")) or 0 for name in ("signal", "time", "flags"))
+    values["signal"] = warn if warn[0] else None   # no --signal: sbatch sends zeros
     values["overcommit"] = int(jd.overcommit) == 1   # NO_VAL8 (0xfe) when not given
     return SlurmJobRequest(**values, pn_min_memory=memory, mem_per_cpu=per_cpu,
                            time_limit=time_limit, spank_options=spank_options_from_env(env))
@@ -103,8 +103,7 @@ _TEXT_FIELDS = ("partition", "tres_per_node", "tres_per_job", "tres_per_task", "
                 "cpus_per_tres", "mem_per_tres", "features", "account", "qos", "name",
                 "array_inx", "work_dir", "submit_line")
 _U32_FIELDS = ("min_nodes", "max_nodes", "num_tasks", "user_id", "group_id", "het_job_offset")
-_U16_FIELDS = ("ntasks_per_node", "cpus_per_task", "ntasks_per_tres", "shared", "warn_signal",
-               "warn_time", "warn_flags")
+_U16_FIELDS = ("ntasks_per_node", "cpus_per_task", "ntasks_per_tres", "shared")
 
 
 #: Fields an update may change; identity and submission context never change.

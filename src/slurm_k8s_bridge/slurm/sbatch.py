@@ -424,7 +424,7 @@ def _set_overcommit(opts: _SbatchOptions, _t: str, _v: str | None) -> None:
 
 
 def _set_signal(opts: _SbatchOptions, text: str, _v: str | None) -> None:
-    opts.warn_signal, opts.warn_time, opts.warn_flags = parse_signal(text)
+    opts.signal = parse_signal(text)
 
 
 def _set_gres(opts: _SbatchOptions, text: str, _v: str | None) -> None:
@@ -580,8 +580,7 @@ def _job_desc(opts: _SbatchOptions, script_name: str | None) -> _JobDesc:
         array_inx=opts.array_inx, work_dir=opts.chdir,
         cpus_per_task=opts.cpus_per_task, ntasks_per_node=opts.ntasks_per_node,
         time_limit=opts.time_limit, shared=opts.shared, spank_options=dict(opts.spank),
-        warn_signal=opts.warn_signal, warn_time=opts.warn_time, warn_flags=opts.warn_flags,
-        overcommit=opts.overcommit,
+        signal=opts.signal, overcommit=opts.overcommit,
     )
     if opts.ntasks_set:
         desc.num_tasks = opts.ntasks

@@ -368,9 +368,7 @@ class _SbatchOptions:
     gres: str | None = None
     shared: int | None = None
     time_limit: int | None = None
-    warn_signal: int | None = None
-    warn_time: int | None = None
-    warn_flags: int | None = None
+    signal: tuple[int, int, int] | None = None
     overcommit: bool = False
     sockets_per_node: int | None = None
     cores_per_socket: int | None = None
