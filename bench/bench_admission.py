@@ -85,7 +85,10 @@ def run_backend(backend: str, gangs: int, nodes: int) -> list[dict[str, float]]:
         data = copy.deepcopy(load_example_config())
         data["native_gpu_usage"] = False
         data["partitions"]["gpu"] = {"gang": "kueue", "queue": "gpu"} if backend == "kueue" else {}
-        bridge = make_bridge_cluster(base / "slurm", f"adm{backend[:3]}", config_data=data)
+        slurm_base = base / "slurm"
+        slurm_base.mkdir(mode=0o755)
+        slurm_base.chmod(0o755)     # slurmd and the job's user must traverse it
+        bridge = make_bridge_cluster(slurm_base, f"adm{backend[:3]}", config_data=data)
         bridge.cluster.start(timeout=120)
         started.append(bridge.cluster)
         bridge.cluster.ensure_user(BRIDGE_USER)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -324,6 +325,8 @@ class PodStandIns:
         conf = slurmd_conf_line(env)
         if name in self.cluster._dynamic:   # a slurmd of ours for an earlier pod: replace
             self.cluster.stop_slurmd(name, grace=self.stop_grace)
+        # a new pod's spool is a fresh emptyDir: no credential state of an earlier pod's slurmd
+        shutil.rmtree(self.cluster.spool_dir / name, ignore_errors=True)
         index = self._free_netns_index()
         identity = {k: env[k] for k in POD_IDENTITY_ENV if env.get(k)}
         identity.update({k: env[k] for k in ("POD_NAME", "POD_NAMESPACE", "POD_IP") if env.get(k)})

@@ -5,7 +5,7 @@ slurmctld with both plugins on this machine, the control plane, a real kubelet n
 worker image imported into its containerd, the daemon's namespaces, RBAC and
 ServiceAccount kubeconfig, and the bridge daemon -- all brought up by
 ``DevCluster.up()`` (``slurm-k8s-bridge dev-cluster up --real-node``) and taken down by
-``down()``. Skipped, with the reason printed, without root, without the control plane's
+``down()``; a module's ``dev_options`` fixture adds ``DevCluster`` arguments (``kueue``). Skipped, with the reason printed, without root, without the control plane's
 binaries (``k8s_bin_dir``, shared with tests/k8s), when the worker image cannot be built
 (``bash scripts/build-images.sh --suite bookworm --only worker``) or the kubelet cannot
 run here. Set SKB_KEEP_CLUSTER_DIR=1 to keep the directory.
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -50,13 +51,25 @@ def _worker_image() -> None:
 
 
 @pytest.fixture(scope="module")
-def dev_cluster(request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+def dev_options() -> dict[str, Any]:
+    """More ``DevCluster`` keyword arguments for the module (``{"kueue": True}``)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def dev_cluster(request: pytest.FixtureRequest, dev_options: dict[str, Any]) -> Iterator[DevCluster]:
     require_root("the e2e tier needs root (Slurm daemons, a kubelet)")
     request.getfixturevalue("k8s_bin_dir")          # after the root check, as the tier always did
     _worker_image()
     from slurm_k8s_devcluster.kubelet import RealNodeUnavailable
     base = scratch_dir("e2e", mode=0o755)
-    dev = DevCluster(base, kwok_nodes=0, real_node=True, subnet=SUBNET)
+    if dev_options.get("kueue"):
+        from slurm_k8s_devcluster.kueue import KueueUnavailable, ensure_kueue
+        try:
+            ensure_kueue()
+        except KueueUnavailable as exc:
+            skip(f"Kueue cannot be built here: {exc}")
+    dev = DevCluster(base, kwok_nodes=0, real_node=True, subnet=SUBNET, **dev_options)
     try:
         started = time.monotonic()
         try:

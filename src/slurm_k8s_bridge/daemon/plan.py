@@ -430,7 +430,7 @@ def plan(world: World, config: BridgeConfig, max_admitting: int = 8,
             # The new pods reuse the hostnames, with new addresses: the old dynamic nodes go
             # (Slurm is done with them: no NodeList), so that each new slurmd registers a
             # fresh node, not an old record that still points at the old pod.
-            stale = tuple(sorted({p.hostname for p in gang.pods} & set(world.slurm_nodes)))
+            stale = _job_nodes(job, gang, world, config.cluster_name)
             if stale:
                 out.add(DeleteNodes(stale))
             if tries >= MAX_START_FAILURES:
@@ -559,6 +559,15 @@ def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan,
     """The dynamic Slurm nodes of a finished job go: its allocation, its gang's pods, and
     any node named for it that registered late (a pod placed just as the job was cancelled
     registers after its gang was deleted, when nothing else names it)."""
+    known = _job_nodes(job, gang, world, cluster_name)
+    if known:
+        out.add(DeleteNodes(known))
+
+
+def _job_nodes(job: BridgedJob, gang: Gang | None, world: World,
+               cluster_name: str) -> tuple[str, ...]:
+    """The dynamic Slurm nodes of a job that exist: its allocation, its gang's pods, and
+    every node named for it (``<cluster>-<job>[-<task>]-<index>``), whose pod may be gone."""
     names = set(job.nodes)
     if gang is not None:
         names |= {p.hostname for p in gang.pods}
@@ -566,6 +575,4 @@ def _forget_nodes(job: BridgedJob, gang: Gang | None, world: World, out: Plan,
     own = f"{cluster_name}-{job.key.job_id}{task}-"
     names |= {n for n in world.slurm_nodes
               if n.startswith(own) and n[len(own):].isdigit()}
-    known = tuple(sorted(n for n in names if n in world.slurm_nodes))
-    if known:
-        out.add(DeleteNodes(known))
+    return tuple(sorted(n for n in names if n in world.slurm_nodes))
