@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from .test_e2e import E2E, ONE
 
@@ -34,7 +35,12 @@ def test_a_job_admitted_by_kueue_runs_in_a_worker_pod_on_the_real_node(dev_clust
 
     def k8s_job() -> Any:
         with e2e.kube.admin_client() as api:
-            return client.BatchV1Api(api).read_namespaced_job(name, "slurm-jobs")
+            try:
+                return client.BatchV1Api(api).read_namespaced_job(name, "slurm-jobs")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None     # not created yet
+                raise
     created = e2e.wait(k8s_job, 60, f"Job {name}")
     assert created.metadata.labels.get(QUEUE_LABEL) == "gpu", created.metadata.labels
     e2e.wait(lambda: not k8s_job().spec.suspend, 120, f"Kueue unsuspending {name}")
