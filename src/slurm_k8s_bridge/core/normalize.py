@@ -141,7 +141,7 @@ def normalize(req: SlurmJobRequest, config: BridgeConfig) -> BridgeRequest | Non
         node_gres=_node_gres(gpu, layout.gpus, chosen),
         node_features=_node_features(req.features, terms, chosen),
         spank_options=dict(req.spank_options),
-        **_preemption(req, config),
+        **preemption_fields(req, config),
     )
 
 
@@ -238,7 +238,7 @@ def _tolerations(rule: PartitionRule, gpus: bool) -> tuple[Mapping[str, Any], ..
 
 # -- time and arrays --------------------------------------------------------------------
 
-def _preemption(req: SlurmJobRequest, config: BridgeConfig) -> dict[str, Any]:
+def preemption_fields(req: SlurmJobRequest, config: BridgeConfig) -> dict[str, Any]:
     """What a preempted or evicted pod's job gets: its ``--signal`` and that TIME of grace
     (at most ``max_preempt_grace_seconds``) before the requeue; the pods' grace period
     covers it and Slurm's KillWait after it."""

@@ -54,7 +54,7 @@ from slurm_k8s_bridge.daemon.mirror import (
 )
 from slurm_k8s_bridge.slurm.client import SlurmClient, SlurmCommandError
 from slurm_k8s_bridge.slurm.records import SlurmJob, SlurmNode
-from slurm_k8s_bridge.core.normalize import normalize
+from slurm_k8s_bridge.core.normalize import normalize, preemption_fields
 from slurm_k8s_bridge.daemon.leader import LeaderElector
 from slurm_k8s_bridge.daemon.metrics import DaemonMetrics
 from slurm_k8s_bridge.daemon.observe import (
@@ -129,8 +129,7 @@ class BridgeDaemon:
         now = time.monotonic()
         ended = {job.key for job in jobs if job.state in FINISHED}
         self._finished_since = {key: self._finished_since.get(key, now) for key in ended}
-        preempted = {job.key for job in jobs if job.signal is not None
-                     or preemption(job, gangs.get(job.key))}
+        preempted = {job.key for job in jobs if preemption(job, gangs.get(job.key))}
         self._preempting_since = {k: self._preempting_since.get(k, now) for k in preempted}
         started = {name: t for name in nodes
                    if (t := _slurm_time(self._slurm_nodes[name].slurmd_start)) is not None}
@@ -170,8 +169,10 @@ class BridgeDaemon:
         return out
 
     def _signals(self, jobs: list[BridgedJob], gangs: Mapping[GangKey, Gang]) -> list[BridgedJob]:
-        """The ``--signal`` of each running job that Kubernetes is preempting, from its
-        request under the current configuration (``BridgeRequest.preempt_*``)."""
+        """The ``--signal`` of each running job that Kubernetes is preempting: its stamped
+        request's, capped by the current configuration (``preemption_fields``, what the
+        pods' grace was rendered from; no full normalize, which a changed partition could
+        refuse)."""
         out = []
         for job in jobs:
             record = self._records.get(job.key)
@@ -179,14 +180,14 @@ class BridgeDaemon:
                 out.append(job)
                 continue
             try:
-                breq = normalize(record.request(), self.config)
+                fields = preemption_fields(record.request(), self.config)
             except Exception as exc:  # noqa: BLE001 - no signal then; the requeue still comes
                 LOG.warning("request not readable for the preemption signal",
                             extra={"job": job.key.slurm_id, "error": str(exc)})
-                breq = None
-            if breq is not None and breq.preempt_signal:
-                job = replace(job, signal=(breq.preempt_signal, breq.preempt_signal_batch,
-                                           breq.preempt_grace_seconds))
+                fields = {}
+            if fields.get("preempt_signal"):
+                job = replace(job, signal=(fields["preempt_signal"], fields["preempt_signal_batch"],
+                                           fields["preempt_grace_seconds"]))
             out.append(job)
         return out
 

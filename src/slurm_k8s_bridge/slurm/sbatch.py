@@ -419,10 +419,6 @@ def parse_signal(text: str) -> tuple[int, int, int]:
     return number, int(when), flags
 
 
-def _set_overcommit(opts: _SbatchOptions, _t: str, _v: str | None) -> None:
-    opts.overcommit = True
-
-
 def _set_signal(opts: _SbatchOptions, text: str, _v: str | None) -> None:
     opts.signal = parse_signal(text)
 
@@ -471,8 +467,11 @@ def _int_setter(attribute: str, option: str) -> _Setter:
     return setter
 
 
-def _set_wrap(opts: _SbatchOptions, _t: str, _v: str | None) -> None:
-    opts.wrap = True
+def _flag_setter(attribute: str) -> _Setter:
+    """An option without argument (``--wrap``, ``-O``) that turns ``attribute`` on."""
+    def setter(opts: _SbatchOptions, _t: str, _v: str | None) -> None:
+        setattr(opts, attribute, True)
+    return setter
 
 
 _SETTERS: dict[str, _Setter] = {
@@ -505,10 +504,10 @@ _SETTERS: dict[str, _Setter] = {
     "qos": _string_setter("qos"),
     "sockets-per-node": _int_setter("sockets_per_node", "--sockets-per-node"),
     "threads-per-core": _int_setter("threads_per_core", "--threads-per-core"),
-    "overcommit": _set_overcommit,
+    "overcommit": _flag_setter("overcommit"),
     "signal": _set_signal,
     "time": _set_time,
-    "wrap": _set_wrap,
+    "wrap": _flag_setter("wrap"),
     **{name: _set_spank(name) for name in SPANK_OPTIONS},
 }
 
